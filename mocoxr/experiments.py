@@ -1,0 +1,304 @@
+"""Experiment sweeps, so that notebooks stay thin: linear probe and fine-tuning over
+(init, label fraction, draw), per-image predictions, results and paired deltas.
+
+A run folder ``out_dir`` holds::
+
+    features/        frozen-encoder features, one .npy (+ JSON key) per (dataset, backbone, init)
+    predictions/     per-image test scores (evaluate.save_predictions), one file per model
+    finetune/        fine-tuning keys and validation-AUC histories (reuse without retraining)
+    results.csv      evaluate.RESULTS_COLUMNS, one row per (experiment, backbone, init, fraction, draw)
+    deltas.csv       evaluate.DELTAS_COLUMNS, one row per (experiment, backbone, fraction, comparison)
+
+**Draw-averaged rows.** Besides one row per draw (``draw`` = 0, 1, ...), every (experiment,
+backbone, init, label_fraction) gets a summary row with ``draw == MEAN_DRAW`` (-1): its ``auc``
+is the mean AUC over the draws and its CI the bootstrap CI of that mean (the draws averaged
+inside each replicate, ``evaluate.bootstrap_auc`` on the (D, N) stacked scores); ``n_train`` is
+the mean training-set size over the draws (rounded). The summary row exists for a single draw
+too (then equal to it), so plots can always select ``draw == -1``; the column stays integer.
+
+Experiment names: ``linear``, ``finetune`` (CheXpert), ``shenzhen_linear``, ``shenzhen_finetune``.
+Deltas are named ``"<a> - <b>"`` (e.g. ``"moco - random"``): AUC of init a minus init b.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from mocoxr import evaluate, models, train
+
+MEAN_DRAW = -1
+EXPERIMENTS = ("linear", "finetune", "shenzhen_linear", "shenzhen_finetune")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def plan(prepared: Any, fractions: Sequence[float] | None = None,
+         max_draws: int | None = None) -> list[tuple[float, list[int]]]:
+    """(label_fraction, [draws]) pairs of ``prepared.subsets``, ascending; optionally only the
+    given ``fractions`` and the first ``max_draws`` draws of each."""
+    sub = prepared.subsets
+    have = sorted(float(f) for f in sub["label_fraction"].unique())
+    if fractions is None:
+        chosen = have
+    else:
+        chosen = []
+        for f in fractions:
+            match = [h for h in have if np.isclose(h, f)]
+            if not match:
+                raise ValueError(f"label_fraction {f} is not in the subsets of {prepared.name} "
+                                 f"(have {have})")
+            chosen.append(match[0])
+    if max_draws is not None and max_draws < 1:
+        raise ValueError(f"max_draws must be >= 1 or None, got {max_draws}")
+    out = []
+    for f in chosen:
+        draws = sorted(int(d) for d in sub.loc[np.isclose(sub["label_fraction"], f), "draw"].unique())
+        out.append((f, draws[:max_draws] if max_draws else draws))
+    return out
+
+
+def _check_inputs(prepared: Any, images: np.ndarray, backbones: Mapping[str, Any]) -> None:
+    if len(images) != len(prepared.manifest):
+        raise ValueError(f"images has {len(images)} rows but the {prepared.name} manifest has "
+                         f"{len(prepared.manifest)}: pass the decoded cache of this manifest")
+    if not backbones:
+        raise ValueError("backbones is empty: give {init_name: 'random' | 'imagenet' | path}")
+    for name, spec in backbones.items():
+        if str(spec) not in ("random", "imagenet") and not Path(spec).is_file():
+            raise FileNotFoundError(f"backbone for init {name!r}: {spec!r} is neither 'random', "
+                                    "'imagenet' nor an existing file")
+
+
+def _tag(x: Any) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in str(x))
+
+
+def dataset_features(prepared: Any, images: np.ndarray, backbone_name: str, init_name: str,
+                     spec: Any, mean: float, std: float, image_size: int, out_dir: str | Path,
+                     batch_size: int = 64, device: str = "cpu", seed: int = 0) -> np.ndarray:
+    """Features (len(manifest), D) of every manifest row for one backbone spec, cached in
+    ``out_dir/features`` and keyed by the weights' content hash (so a retrained checkpoint
+    under the same name is never served stale features)."""
+    model = models.create_backbone(backbone_name, init=spec, seed=seed)
+    name = f"{_tag(prepared.name)}__{backbone_name}__{_tag(init_name)}__{image_size}px.npy"
+    cache = Path(out_dir) / "features" / name
+    return train.extract_features(model, images, np.arange(len(prepared.manifest)), mean, std,
+                                  image_size, batch_size=batch_size, device=device,
+                                  cache_file=cache)
+
+
+def _score_rows(experiment: str, backbone: str, init: str, fraction: float,
+                draws: list[int], scores: list[np.ndarray], n_train: list[int],
+                y_test: np.ndarray, n_boot: int, seed: int) -> list[dict]:
+    """One results row per draw plus the draw-averaged row (draw = MEAN_DRAW)."""
+    base = {"experiment": experiment, "backbone": backbone, "init": init,
+            "label_fraction": float(fraction), "n_test": int(len(y_test))}
+    out = []
+    for d, s, n in zip(draws, scores, n_train):
+        auc, lo, hi = evaluate.bootstrap_auc(y_test, s, n_boot=n_boot, seed=seed)
+        out.append({**base, "draw": int(d), "auc": auc, "ci_low": lo, "ci_high": hi,
+                    "n_train": int(n)})
+    auc, lo, hi = evaluate.bootstrap_auc(y_test, np.stack(scores), n_boot=n_boot, seed=seed)
+    out.append({**base, "draw": MEAN_DRAW, "auc": auc, "ci_low": lo, "ci_high": hi,
+                "n_train": int(round(float(np.mean(n_train))))})
+    return out
+
+
+def _write_results(out_dir: Path, rows: list[dict]) -> pd.DataFrame:
+    """Upsert ``rows`` into ``results.csv`` after dropping older rows of every (experiment,
+    backbone, init, fraction) run now, so per-draw rows, the draw-averaged row and the deltas
+    computed from the table always describe the same draws (e.g. after lowering max_draws)."""
+    path = out_dir / "results.csv"
+    if path.exists():
+        old = pd.read_csv(path)
+        ran = pd.DataFrame(rows)[["experiment", "backbone", "init", "label_fraction"]].drop_duplicates()
+        stale = np.zeros(len(old), bool)
+        for r in ran.itertuples(index=False):
+            stale |= ((old["experiment"] == r.experiment) & (old["backbone"] == r.backbone)
+                      & (old["init"].astype(str) == str(r.init))
+                      & np.isclose(old["label_fraction"], r.label_fraction)).to_numpy()
+        if stale.any():
+            train._atomic_write(path, lambda fh: old[~stale].to_csv(fh, index=False), mode="w")
+    evaluate.upsert_rows(path, rows, evaluate.RESULTS_COLUMNS, evaluate.RESULTS_KEY)
+    return pd.DataFrame(rows, columns=evaluate.RESULTS_COLUMNS)
+
+
+# ----------------------------------------------------------------------------- linear probe
+
+
+def run_linear_experiment(prepared: Any, images: np.ndarray, backbones: Mapping[str, Any],
+                          backbone_name: str, *, mean: float, std: float, image_size: int,
+                          out_dir: str | Path, experiment: str = "linear",
+                          method: str = "logreg", fractions: Sequence[float] | None = None,
+                          max_draws: int | None = None, n_boot: int = 1000, seed: int = 0,
+                          device: str = "cpu", batch_size: int = 64,
+                          probe_kwargs: Mapping[str, Any] | None = None,
+                          progress: bool = True) -> pd.DataFrame:
+    """Linear probe on frozen features for every (init, label fraction, draw).
+
+    ``backbones``: ``{init_name: "random" | "imagenet" | path to an exported backbone or
+    MoCo checkpoint}`` (e.g. ``{"moco": ".../backbone.pt", "imagenet": "imagenet"}``).
+    Features of all manifest rows are extracted once per (dataset, backbone, init) and cached;
+    the probe (``train.linear_probe``, C or epoch chosen on the val split) is fitted on each
+    subset's rows and scores the test split; predictions go to ``out_dir/predictions``; rows
+    (per draw and draw-averaged, see the module docstring) are upserted into
+    ``out_dir/results.csv`` and returned.
+    """
+    out_dir = Path(out_dir)
+    _check_inputs(prepared, images, backbones)
+    val_rows, test_rows = prepared.rows("val"), prepared.rows("test")
+    y_val, y_test = prepared.labels(val_rows), prepared.labels(test_rows)
+    sweep = plan(prepared, fractions, max_draws)
+    rows: list[dict] = []
+    for init_name, spec in backbones.items():
+        feats = dataset_features(prepared, images, backbone_name, init_name, spec, mean, std,
+                                 image_size, out_dir, batch_size=batch_size, device=device,
+                                 seed=seed)
+        val = (feats[val_rows], y_val) if len(val_rows) else None
+        for f, draws in sweep:
+            scores, n_train = [], []
+            for d in draws:
+                tr = prepared.subset_rows(f, d)
+                s = train.linear_probe(feats[tr], prepared.labels(tr), feats[test_rows],
+                                       method=method, label_fraction=f, val=val, seed=seed + d,
+                                       **dict(probe_kwargs or {}))
+                evaluate.save_predictions(out_dir / "predictions", experiment, backbone_name,
+                                          init_name, f, d, test_rows, y_test, s)
+                scores.append(s)
+                n_train.append(len(tr))
+            rows += _score_rows(experiment, backbone_name, init_name, f, draws, scores,
+                                n_train, y_test, n_boot, seed)
+            if progress:
+                print(f"{experiment} {backbone_name} {init_name} f={f:g}: mean AUC "
+                      f"{rows[-1]['auc']:.3f} over {len(draws)} draw(s)")
+    return _write_results(out_dir, rows)
+
+
+# ----------------------------------------------------------------------------- fine-tuning
+
+
+def run_finetune_experiment(prepared: Any, images: np.ndarray, backbones: Mapping[str, Any],
+                            backbone_name: str, *, mean: float, std: float, image_size: int,
+                            out_dir: str | Path, experiment: str = "finetune",
+                            fractions: Sequence[float] | None = None,
+                            max_draws: int | None = None, max_epochs: int | None = None,
+                            n_boot: int = 1000, seed: int = 0, device: str = "auto",
+                            batch_size: int = 16, augment: Mapping[str, Any] | None = None,
+                            overwrite: bool = False, progress: bool = True) -> pd.DataFrame:
+    """End-to-end fine-tuning (``train.finetune``) for every (init, label fraction, draw),
+    with at most ``max_draws`` draws per fraction and ``max_epochs`` epochs (CPU budgets).
+
+    A model whose predictions exist and whose key (weights hash of the init, fine-tuning
+    config, train rows) matches ``out_dir/finetune/<name>.json`` is not retrained unless
+    ``overwrite``; the validation-AUC history of each model is saved next to its key as CSV.
+    Rows are upserted into ``out_dir/results.csv`` and returned.
+    """
+    out_dir = Path(out_dir)
+    _check_inputs(prepared, images, backbones)
+    val_rows, test_rows = prepared.rows("val"), prepared.rows("test")
+    if not len(val_rows):
+        raise ValueError(f"{prepared.name} has no val split: fine-tuning selects epochs on it")
+    y_val, y_test = prepared.labels(val_rows), prepared.labels(test_rows)
+    sweep = plan(prepared, fractions, max_draws)
+    state_dir, pred_dir = out_dir / "finetune", out_dir / "predictions"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    for init_name, spec in backbones.items():
+        spec_key = (train.file_sha1(spec) if str(spec) not in ("random", "imagenet")
+                    else f"{spec}:{backbone_name}:{seed}")
+        for f, draws in sweep:
+            scores, n_train = [], []
+            for d in draws:
+                tr = prepared.subset_rows(f, d)
+                cfg = train.FinetuneConfig(image_size=image_size, batch_size=batch_size,
+                                           max_epochs=max_epochs, label_fraction=f,
+                                           seed=seed + d, device=device,
+                                           augment=dict(augment or {}))
+                key = {"init": spec_key, "backbone": backbone_name,
+                       "config": train.config_dict(cfg),
+                       "train_rows": [int(r) for r in tr], "val_rows_n": int(len(val_rows)),
+                       "test_rows_n": int(len(test_rows))}
+                name = f"{experiment}__{backbone_name}__{_tag(init_name)}__f{f:g}__d{d}"
+                key_file = state_dir / f"{name}.json"
+                s = None
+                if not overwrite and key_file.exists() and json.loads(key_file.read_text()) == key:
+                    try:
+                        r, _, s = evaluate.load_predictions(pred_dir, experiment, backbone_name,
+                                                            init_name, f, d)
+                        s = s if np.array_equal(r, test_rows) else None
+                    except FileNotFoundError:
+                        s = None
+                if s is None:
+                    key_file.unlink(missing_ok=True)
+                    s, hist = train.finetune(backbone_name, spec, images, tr, prepared.labels(tr),
+                                             val_rows, y_val, test_rows, mean, std, cfg,
+                                             return_history=True, progress=progress)
+                    hist.to_csv(state_dir / f"{name}__history.csv", index=False)
+                    evaluate.save_predictions(pred_dir, experiment, backbone_name, init_name, f,
+                                              d, test_rows, y_test, s)
+                    key_file.write_text(json.dumps(key))
+                scores.append(np.asarray(s, dtype=np.float64))
+                n_train.append(len(tr))
+            rows += _score_rows(experiment, backbone_name, init_name, f, draws, scores,
+                                n_train, y_test, n_boot, seed)
+            if progress:
+                print(f"{experiment} {backbone_name} {init_name} f={f:g}: mean AUC "
+                      f"{rows[-1]['auc']:.3f} over {len(draws)} draw(s)")
+    return _write_results(out_dir, rows)
+
+
+# ----------------------------------------------------------------------------- deltas
+
+
+def compute_deltas(out_dir: str | Path, experiment: str, backbone: str,
+                   comparison: tuple[str, str] = ("moco", "random"), n_boot: int = 1000,
+                   seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
+    """Paired-bootstrap AUC differences ``comparison[0] - comparison[1]`` per label fraction.
+
+    Uses the draws both inits have in ``out_dir/results.csv`` (same draw index = same training
+    subset), loads their saved test predictions, checks they score the same test images,
+    stacks them (D, N) and calls ``evaluate.paired_bootstrap_delta`` (draws averaged inside
+    each replicate, same resamples for both). Rows are upserted into ``out_dir/deltas.csv``.
+    """
+    out_dir = Path(out_dir)
+    a, b = comparison
+    results_path = out_dir / "results.csv"
+    if not results_path.exists():
+        raise FileNotFoundError(f"no results table at {results_path}: run an experiment first")
+    res = pd.read_csv(results_path)
+    res = res[(res["experiment"] == experiment) & (res["backbone"] == backbone)
+              & (res["draw"] != MEAN_DRAW)]
+    rows = []
+    for f in sorted(res["label_fraction"].unique()):
+        at_f = res[np.isclose(res["label_fraction"], f)]
+        draws = sorted(set(at_f.loc[at_f["init"] == a, "draw"])
+                       & set(at_f.loc[at_f["init"] == b, "draw"]))
+        if not draws:
+            continue
+        stacks, ref = {a: [], b: []}, None
+        for init in (a, b):
+            for d in draws:
+                r, y, s = evaluate.load_predictions(out_dir / "predictions", experiment,
+                                                    backbone, init, f, int(d))
+                if ref is None:
+                    ref = (r, y)
+                elif not (np.array_equal(r, ref[0]) and np.array_equal(y, ref[1])):
+                    raise ValueError(f"{experiment} {backbone} f={f:g}: predictions of {init} "
+                                     f"draw {d} score other test images than {a} draw {draws[0]}")
+                stacks[init].append(np.asarray(s, dtype=np.float64))
+        delta, lo, hi = evaluate.paired_bootstrap_delta(ref[1], np.stack(stacks[a]),
+                                                        np.stack(stacks[b]), n_boot=n_boot,
+                                                        seed=seed, alpha=alpha)
+        rows.append({"experiment": experiment, "backbone": backbone, "label_fraction": float(f),
+                     "comparison": f"{a} - {b}", "delta": delta, "ci_low": lo, "ci_high": hi})
+    if not rows:
+        raise ValueError(f"{results_path}: no label fraction has draws of both {a!r} and {b!r} "
+                         f"for experiment {experiment!r}, backbone {backbone!r}")
+    evaluate.upsert_rows(out_dir / "deltas.csv", rows, evaluate.DELTAS_COLUMNS, evaluate.DELTAS_KEY)
+    return pd.DataFrame(rows, columns=evaluate.DELTAS_COLUMNS)

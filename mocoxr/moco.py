@@ -1,0 +1,325 @@
+"""MoCo v2 (He et al. 2020; Chen et al. 2020) for chest X-rays, the whole method in one module.
+
+The pieces are small functions, each tested on its own; ``MoCo`` only wires them together:
+
+- ``projection_head``: the MoCo v2 2-layer MLP (Linear-ReLU-Linear) on top of pooled features.
+- ``update_momentum``: key encoder <- m * key encoder + (1 - m) * query encoder (buffers copied).
+- ``moco_logits`` / ``moco_loss``: InfoNCE with the positive at index 0 and the queue as negatives.
+- ``enqueue``: circular write of any number of keys into the (K, D) queue, wrapping around.
+- ``batch_shuffle`` / ``batch_unshuffle`` / ``concat_all_gather``: shuffle-BN across processes.
+
+One training step (``MoCo.forward``)::
+
+    q = normalize(head_q(encoder_q(im_q)))                      # gradients flow here only
+    with no_grad: update_momentum(q-nets -> k-nets, m)
+                  k = unshuffle(normalize(head_k(encoder_k(shuffle(im_k)))))
+    loss = moco_loss(q, k, queue, T); enqueue(queue, all_gather(k))
+
+**Shuffle-BN.** MoCo shuffles the key batch across GPUs so that the BatchNorm statistics of a
+query and of its key come from different sub-batches (otherwise the model can "cheat" through
+the statistics shared inside one GPU's sub-batch). In a single process BatchNorm already
+normalises with the statistics of the *whole* batch, and those are invariant to shuffling, so
+shuffling changes nothing: ``batch_shuffle`` is then an identity (documented no-op). It has an
+effect only under ``torch.distributed`` with world size > 1 (``torchrun``), where it all-gathers
+the key images, applies one permutation broadcast from rank 0, and hands each rank a different
+slice; ``batch_unshuffle`` undoes it. Per-rank batch sizes may differ (short last batch).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import models
+
+__all__ = [
+    "MOCO_DEFAULTS",
+    "projection_head",
+    "update_momentum",
+    "moco_logits",
+    "moco_loss",
+    "init_queue",
+    "enqueue",
+    "is_distributed",
+    "concat_all_gather",
+    "batch_shuffle",
+    "batch_unshuffle",
+    "MoCo",
+]
+
+MOCO_DEFAULTS: dict = {
+    # Sowrirajan et al., MIDL 2021 (MoCo-CXR), pretraining setup, as also run by its reference
+    # script stanfordmlgroup/MoCo-CXR scripts/training_scripts/r8w1n416.sh:
+    "optimizer": "adam",
+    "lr": 1e-4,  # Adam, learning rate 1e-4 (--lr 0.0001)
+    "batch_size": 16,  # --batch-size 16
+    "epochs": 20,  # --epochs 20
+    "init": "imagenet",  # pretraining starts from ImageNet weights (--from-imagenet)
+    "temperature": 0.2,  # --moco-t 0.2 (MoCo v2's value too)
+    "mlp": True,  # MoCo v2 head (--mlp)
+    # MoCo-CXR main_moco.py argparse defaults (not overridden by the script):
+    "weight_decay": 1e-4,  # --wd 1e-4, passed to Adam
+    "momentum": 0.999,  # --moco-m 0.999 (= facebookresearch/moco)
+    "dim": 128,  # --moco-dim 128 (= facebookresearch/moco)
+    "queue_size": 65536,  # facebookresearch/moco --moco-k 65536 (MoCo-CXR's own default: 24576)
+    "queue_size_moco_cxr": 24576,  # MoCo-CXR main_moco.py --moco-k default ("fix size of our dataset")
+    "mlp_hidden": None,  # builder.py: hidden width = backbone feature width (2048 ResNet-50, 512 ResNet-18)
+}
+
+
+def projection_head(in_dim: int, hidden_dim: int, out_dim: int = 128) -> nn.Sequential:
+    """MoCo v2 projection head: Linear(in, hidden) - ReLU - Linear(hidden, out)."""
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
+
+
+@torch.no_grad()
+def update_momentum(model: nn.Module, model_ema: nn.Module, m: float) -> None:
+    """In place: ``p_ema <- m * p_ema + (1 - m) * p`` for every parameter; buffers are copied.
+
+    ``m = 0`` copies ``model``, ``m = 1`` leaves ``model_ema`` unchanged. The two modules must have
+    the same structure.
+    """
+    if not 0.0 <= m <= 1.0:
+        raise ValueError(f"momentum m must be in [0, 1], got {m}")
+    params = dict(model.named_parameters())
+    ema = dict(model_ema.named_parameters())
+    if params.keys() != ema.keys() or any(params[k].shape != ema[k].shape for k in params):
+        raise ValueError("update_momentum: model and model_ema have different parameters")
+    keys = list(params)
+    if keys:
+        ema_t = [ema[k].data for k in keys]
+        torch._foreach_mul_(ema_t, m)
+        torch._foreach_add_(ema_t, [params[k].data for k in keys], alpha=1.0 - m)
+    buffers = dict(model.named_buffers())
+    for name, b_ema in model_ema.named_buffers():
+        if name not in buffers:
+            raise ValueError(f"update_momentum: buffer {name!r} missing from model")
+        b_ema.copy_(buffers[name])
+
+
+def moco_logits(query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+    """Logits (B, 1 + K): column 0 is ``q . k+ / T``, columns 1.. are ``q . queue_j / T``.
+
+    ``query`` and ``key`` are (B, D), ``queue`` is (K, D), all L2-normalised by the caller.
+    """
+    if query.ndim != 2 or key.shape != query.shape:
+        raise ValueError(f"query and key must both be (B, D), got {tuple(query.shape)} and {tuple(key.shape)}")
+    if queue.ndim != 2 or queue.shape[1] != query.shape[1]:
+        raise ValueError(f"queue must be (K, {query.shape[1]}), got {tuple(queue.shape)}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    pos = (query * key).sum(dim=1, keepdim=True)
+    neg = query @ queue.t()
+    return torch.cat([pos, neg], dim=1) / temperature
+
+
+def moco_loss(query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+    """InfoNCE (mean over the batch): cross-entropy of ``moco_logits`` with the positive at index 0.
+
+    ``-log( exp(q.k+/T) / (exp(q.k+/T) + sum_j exp(q.queue_j/T)) )``. Pure: nothing is updated.
+    """
+    logits = moco_logits(query, key, queue, temperature)
+    return F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device))
+
+
+def init_queue(queue_size: int, dim: int, seed: int = 0) -> torch.Tensor:
+    """A (K, D) queue of random unit vectors (seeded), as the reference code starts with."""
+    if queue_size < 1 or dim < 1:
+        raise ValueError(f"queue_size and dim must be >= 1, got {queue_size}, {dim}")
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(queue_size, dim, generator=g), dim=1)
+
+
+def _enqueue_(queue: torch.Tensor, ptr, keys: torch.Tensor) -> None:
+    """Write ``keys`` at rows ptr, ptr+1, ... (mod K); with more than K keys only the last K stay."""
+    k_size = queue.shape[0]
+    if keys.ndim != 2 or keys.shape[1] != queue.shape[1]:
+        raise ValueError(f"keys must be (N, {queue.shape[1]}), got {tuple(keys.shape)}")
+    n = keys.shape[0]
+    if n == 0:
+        return
+    idx = (ptr + torch.arange(n, device=queue.device)) % k_size
+    if n > k_size:  # later keys overwrite earlier ones: keep the last K, in their circular slots
+        idx, keys = idx[-k_size:], keys[-k_size:]
+    queue.index_copy_(0, idx, keys.detach().to(queue.dtype))
+
+
+@torch.no_grad()
+def enqueue(queue: torch.Tensor, ptr: int, keys: torch.Tensor) -> int:
+    """Circular write of any number of keys into ``queue`` (K, D) in place; returns the new pointer.
+
+    Key i goes to row ``(ptr + i) % K``: batches of any size, including a short last batch or one
+    larger than K, never drop a slot or break the order; the oldest keys are overwritten first.
+    """
+    k_size = queue.shape[0]
+    if not 0 <= int(ptr) < k_size:
+        raise ValueError(f"ptr must be in [0, {k_size}), got {ptr}")
+    _enqueue_(queue, int(ptr), keys)
+    return (int(ptr) + keys.shape[0]) % k_size
+
+
+# --- distributed helpers (shuffle-BN and key gathering); identities in a single process ---------
+
+
+def is_distributed() -> bool:
+    """True when torch.distributed is initialised with more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _gather_varlen(x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """all_gather along dim 0 allowing a different length on each rank; returns (concat, lengths)."""
+    world = dist.get_world_size()
+    n = torch.tensor([x.shape[0]], device=x.device, dtype=torch.long)
+    sizes_t = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes_t, n)
+    sizes = [int(s.item()) for s in sizes_t]
+    n_max = max(sizes)
+    if x.shape[0] < n_max:
+        x = torch.cat([x, x.new_zeros((n_max - x.shape[0], *x.shape[1:]))])
+    parts = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat([p[:s] for p, s in zip(parts, sizes)]), sizes
+
+
+@torch.no_grad()
+def concat_all_gather(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from all ranks along dim 0, in rank order (no gradient).
+
+    Ranks may hold different numbers of rows. Returns ``x`` itself outside distributed runs.
+    """
+    if not is_distributed():
+        return x
+    return _gather_varlen(x)[0]
+
+
+@torch.no_grad()
+def batch_shuffle(
+    x: torch.Tensor, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Shuffle-BN, step 1: give this rank a random slice of the global batch.
+
+    Gathers ``x`` from all ranks, permutes the global batch with one permutation drawn on rank 0
+    (from ``generator`` or the global RNG) and broadcast, and returns this rank's slice (same size
+    as its input) plus the inverse permutation for :func:`batch_unshuffle`. In a single process it
+    returns ``(x, None)``: BatchNorm sees the whole batch either way, so shuffling would be a no-op.
+    """
+    if not is_distributed():
+        return x, None
+    x_all, sizes = _gather_varlen(x)
+    perm = torch.randperm(x_all.shape[0], generator=generator).to(x.device)
+    dist.broadcast(perm, src=0)
+    rank = dist.get_rank()
+    start = sum(sizes[:rank])
+    return x_all[perm[start : start + sizes[rank]]], torch.argsort(perm)
+
+
+@torch.no_grad()
+def batch_unshuffle(x: torch.Tensor, idx_unshuffle: torch.Tensor | None) -> torch.Tensor:
+    """Shuffle-BN, step 2: return to each rank the outputs of its own original samples, in order."""
+    if idx_unshuffle is None:
+        return x
+    x_all, sizes = _gather_varlen(x)
+    rank = dist.get_rank()
+    start = sum(sizes[:rank])
+    return x_all[idx_unshuffle[start : start + sizes[rank]]]
+
+
+# --- the model ------------------------------------------------------------------------------------
+
+
+class MoCo(nn.Module):
+    """MoCo v2 on a torchvision backbone: query/key encoders, projection heads, queue of keys.
+
+    ``encoder_q`` is the torchvision model with its classifier replaced by Identity (so its
+    ``state_dict`` keys are torchvision's); ``head_q`` the projection head. ``encoder_k``/``head_k``
+    are momentum copies that never receive gradients. Buffers: ``queue`` (K, dim) of L2-normalised
+    keys, ``queue_ptr`` (the next row to overwrite). ``hidden_dim`` of the MLP defaults to the
+    backbone's feature width, as in facebookresearch/moco (2048 for ResNet-50, 512 for ResNet-18).
+
+    In ``train()`` mode ``forward`` updates the key encoder and the queue; in ``eval()`` mode it
+    only computes (loss, logits), leaving both untouched (e.g. for a validation loss).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        init: str | Path = "random",
+        dim: int = MOCO_DEFAULTS["dim"],
+        queue_size: int = MOCO_DEFAULTS["queue_size"],
+        momentum: float = MOCO_DEFAULTS["momentum"],
+        temperature: float = MOCO_DEFAULTS["temperature"],
+        mlp: bool = True,
+        seed: int = 0,
+        hidden_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.backbone_name = backbone
+        self.momentum = float(momentum)
+        self.temperature = float(temperature)
+        net = models.create_backbone(backbone, init=init, seed=seed)
+        feat = models.feature_dim(net)
+        setattr(net, models.head_name(net), nn.Identity())
+        self.encoder_q = net
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 1)
+            if mlp:
+                self.head_q = projection_head(feat, hidden_dim or feat, dim)
+            else:  # MoCo v1: one linear layer
+                self.head_q = nn.Sequential(nn.Linear(feat, dim))
+        self.encoder_k = copy.deepcopy(self.encoder_q)
+        self.head_k = copy.deepcopy(self.head_q)
+        for p in list(self.encoder_k.parameters()) + list(self.head_k.parameters()):
+            p.requires_grad_(False)
+        self.register_buffer("queue", init_queue(queue_size, dim, seed))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        """Key encoder and head <- EMA of the query ones (``self.momentum``)."""
+        update_momentum(self.encoder_q, self.encoder_k, self.momentum)
+        update_momentum(self.head_q, self.head_k, self.momentum)
+
+    @torch.no_grad()
+    def keys(self, im_k: torch.Tensor) -> torch.Tensor:
+        """L2-normalised keys of ``im_k`` from the key encoder, with shuffle-BN when distributed."""
+        x, idx_unshuffle = batch_shuffle(im_k)
+        k = F.normalize(self.head_k(self.encoder_k(x)), dim=1)
+        return batch_unshuffle(k, idx_unshuffle)
+
+    @torch.no_grad()
+    def enqueue_keys(self, k: torch.Tensor) -> None:
+        """Enqueue this step's keys from every rank (so all ranks keep the same queue)."""
+        k = concat_all_gather(k)
+        _enqueue_(self.queue, self.queue_ptr, k)  # pointer stays on device: no host sync
+        self.queue_ptr.copy_((self.queue_ptr + k.shape[0]) % self.queue.shape[0])
+
+    def forward(self, im_q: torch.Tensor, im_k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two views (B,3,H,W) of the same images -> (InfoNCE loss, detached fp32 logits (B, 1 + K)).
+
+        Logit column 0 is the positive; the negatives are the queue as it was *before* this step.
+        """
+        q = F.normalize(self.head_q(self.encoder_q(im_q)), dim=1)
+        if self.training:
+            self.momentum_update()
+        k = self.keys(im_k)
+        # clone: the queue is updated in place below, but backward still needs this version.
+        # fp32 even under autocast: with T = 0.2, bf16 logits would be off by a few hundredths.
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            logits = moco_logits(q.float(), k.float(), self.queue.clone().detach().float(), self.temperature)
+        loss = F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device))
+        if self.training:
+            self.enqueue_keys(k)
+        return loss, logits.detach()
+
+    def export_backbone(self, path: str | Path) -> Path:
+        """Write the query encoder as a plain torchvision state dict (see ``models.export_backbone``)."""
+        return models.export_backbone(self.encoder_q, path)
