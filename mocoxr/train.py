@@ -15,6 +15,15 @@ Files written by :func:`pretrain` in its ``out_dir``:
   columns on the steps where it ran (``step 0`` is the monitor's value before training, with
   ``loss`` empty).
 - ``backbone.pt``: the query encoder as a plain torchvision state dict (``models.export_backbone``).
+
+**Distributed.** :func:`pretrain` also runs under ``torchrun`` (see ``mocoxr.distributed``): when
+``torch.distributed`` is initialised with more than one process, ``cfg.batch_size`` is the
+*global* batch, each rank takes its contiguous slice (:func:`rank_slice`) of every global batch
+of the seeded epoch order, the MoCo model is wrapped in DistributedDataParallel
+(:func:`wrap_ddp`; shuffle-BN and the key gathering live in ``moco.MoCo``), the loss is scaled so
+the averaged gradient is the gradient of the global-batch mean (:func:`distributed_loss`), and
+rank 0 alone writes the checkpoint, the log and the backbone. Checkpoints hold the global step
+and the global batch (in ``config``), so a run resumes on any number of processes.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -34,10 +44,12 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from mocoxr import augment, models, moco
@@ -48,7 +60,7 @@ CHECKPOINT_FORMAT = "mocoxr-pretrain-v1"
 # computes (device and speed settings) or only say how long to train (extend a finished run by
 # raising ``epochs`` or ``max_steps``; the learning-rate drops are placed on the new total).
 RESUMABLE_FIELDS = frozenset({"epochs", "max_steps", "device", "amp", "channels_last", "compile",
-                              "monitor_every", "checkpoint_every_steps"})
+                              "compile_backend", "monitor_every", "checkpoint_every_steps"})
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -86,6 +98,7 @@ class PretrainConfig:
     amp: str = "auto"                 # ours: "auto" (bf16 autocast on CUDA only), "bf16", "off"
     channels_last: str = "auto"       # ours: "auto" (on for CUDA), "on", "off"
     compile: bool = False             # ours: torch.compile the two encoders (nn.Module.compile)
+    compile_backend: str = "inductor"  # ours: torch.compile backend ("aot_eager": quick, for tests)
 
 
 @dataclass
@@ -207,6 +220,63 @@ def _load_batch(images: np.ndarray, idx: np.ndarray, pin: bool) -> torch.Tensor:
     return x.pin_memory() if pin else x
 
 
+# ----------------------------------------------------------------------------- distributed
+
+
+def dist_info() -> tuple[int, int]:
+    """``(rank, world_size)`` of the initialised torch.distributed group; ``(0, 1)`` otherwise."""
+    if moco.is_distributed():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def rank_slice(n: int, rank: int, world: int) -> slice:
+    """This rank's contiguous share of a global batch of ``n`` (shares differ by at most one)."""
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"rank must be in [0, world) with world >= 1, got rank={rank}, world={world}")
+    base, extra = divmod(int(n), world)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (1 if rank < extra else 0))
+
+
+def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` in DistributedDataParallel when distributed (else ``model`` itself).
+
+    Only the query encoder and head have gradients, so only they are all-reduced. Buffers are
+    not broadcast at every forward (``broadcast_buffers=False``): the queue is kept identical on
+    every rank by construction (all ranks enqueue the same gathered keys) and broadcasting it
+    each step would only cost bandwidth; BatchNorm running statistics stay per rank (training
+    uses batch statistics; rank 0's are the ones saved, as in facebookresearch/moco). DDP's
+    constructor broadcasts rank 0's parameters and buffers once, so all ranks start equal.
+    """
+    if not moco.is_distributed():
+        return model
+    ids = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else None
+    # torch >= 2.14 renames broadcast_buffers=False to forward_sync_buffers=False (both still
+    # sync at construction); older versions only know the first
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        return DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
+    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+
+
+def distributed_loss(loss: torch.Tensor, local_batch: int,
+                     global_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loss to backpropagate, detached global-batch mean loss)`` of one step.
+
+    DDP averages gradients over ranks; scaling the rank's mean loss by ``local_batch * world /
+    global_batch`` makes that average the gradient of the mean over the *global* batch, also
+    when the ranks' shares differ. The global mean is all-reduced for the log. Identity in a
+    single process.
+    """
+    if not moco.is_distributed():
+        return loss, loss.detach()
+    w = local_batch / global_batch
+    mean = loss.detach() * w
+    dist.all_reduce(mean)
+    return loss * (w * dist.get_world_size()), mean
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 
@@ -277,7 +347,13 @@ def pretrain(images: np.ndarray, rows: np.ndarray, cfg: PretrainConfig, out_dir:
     ``model`` (MoCo state dict: both encoders, heads, ``queue``, ``queue_ptr``), ``optimizer``,
     ``step`` (optimizer steps done), ``epoch`` (= step // steps per epoch), ``step_in_epoch``,
     ``done``, ``config`` (dict), ``rng`` (torch RNG state, informational: every draw is
-    re-derived from (seed, step)), ``n_rows``, ``rows_sha1``, ``format``, ``time``.
+    re-derived from (seed, step)), ``n_rows``, ``rows_sha1``, ``format``, ``time``,
+    ``world_size`` (processes that wrote it; informational).
+
+    Under ``torchrun`` (torch.distributed initialised, world size > 1) every rank calls this
+    with the same arguments; see the module docstring. Each rank then draws its augmentations
+    from its own generator (seed, step, rank), so a distributed run is deterministic for a given
+    world size but not equal to a single-process one (BatchNorm sees per-rank batches anyway).
     """
     out_dir = Path(out_dir)
     rows = _check_images(images, rows)
@@ -286,6 +362,10 @@ def pretrain(images: np.ndarray, rows: np.ndarray, cfg: PretrainConfig, out_dir:
         raise ValueError(f"batch_size must be >= 2 (batch norm), got {cfg.batch_size}")
     if len(rows) < cfg.batch_size:
         raise ValueError(f"{len(rows)} training rows is fewer than one batch of {cfg.batch_size}")
+    rank, world = dist_info()
+    if cfg.batch_size // world < 2:
+        raise ValueError(f"batch_size {cfg.batch_size} is the global batch: split over {world} "
+                         "processes it leaves fewer than 2 images per process (batch norm)")
     if cfg.seed < 0 or cfg.epochs < 1 or (cfg.max_steps is not None and cfg.max_steps < 1):
         raise ValueError("seed must be >= 0, epochs >= 1 and max_steps None or >= 1, got "
                          f"seed={cfg.seed}, epochs={cfg.epochs}, max_steps={cfg.max_steps}")
@@ -295,6 +375,10 @@ def pretrain(images: np.ndarray, rows: np.ndarray, cfg: PretrainConfig, out_dir:
     spe, total = steps_per_epoch(len(rows), cfg.batch_size), total_steps(cfg, len(rows))
     paths = {"checkpoint": ckpt_path, "backbone": backbone_path, "loss_log": log_path}
 
+    if rank == 0:  # temporaries of a writer that was killed (SIGKILL, preemption) are garbage
+        for name in (ckpt_path.name, log_path.name, backbone_path.name):
+            for stale in out_dir.glob(f".{name}.*tmp*"):
+                stale.unlink(missing_ok=True)
     ckpt = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
     if ckpt is not None:
         _check_same_config(ckpt["config"], cfg, ckpt_path)
@@ -309,6 +393,8 @@ def pretrain(images: np.ndarray, rows: np.ndarray, cfg: PretrainConfig, out_dir:
 
     # --- model, optimizer, state
     device = resolve_device(cfg.device)
+    if device.type == "cuda" and device.index is None and world > 1:
+        device = torch.device("cuda", torch.cuda.current_device())  # torchrun: set by the launcher
     model = moco.MoCo(backbone=cfg.backbone, init=cfg.init, dim=cfg.dim,
                       queue_size=cfg.queue_size, momentum=cfg.momentum,
                       temperature=cfg.temperature, mlp=cfg.mlp, seed=cfg.seed)
@@ -326,8 +412,9 @@ def pretrain(images: np.ndarray, rows: np.ndarray, cfg: PretrainConfig, out_dir:
         step, log = int(ckpt["step"]), _read_log(log_path, int(ckpt["step"]))
         saved_step = step if ckpt["done"] else -1
     if cfg.compile:
-        model.encoder_q.compile()
-        model.encoder_k.compile()
+        model.encoder_q.compile(backend=cfg.compile_backend)
+        model.encoder_k.compile(backend=cfg.compile_backend)
+    net = wrap_ddp(model, device)  # the module that runs the step (model itself in one process)
     aug_cfg = augment.AugmentConfig(out_size=cfg.image_size, **cfg.augment)
     use_amp = _use_amp(cfg.amp, device)
     pin = device.type == "cuda"
@@ -335,6 +422,8 @@ def pretrain(images: np.ndarray, rows: np.ndarray, cfg: PretrainConfig, out_dir:
     def checkpoint(step: int) -> None:
         nonlocal saved_step
         saved_step, epoch = step, step // spe
+        if rank != 0:  # rank 0 alone writes; every rank holds the same state
+            return
         rng = {"torch": torch.get_rng_state(), "scheme": "per-step, derived from (seed, step)"}
         if device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(device)
@@ -343,7 +432,8 @@ def pretrain(images: np.ndarray, rows: np.ndarray, cfg: PretrainConfig, out_dir:
             "optimizer": optimizer.state_dict(), "step": step, "epoch": epoch,
             "step_in_epoch": step - epoch * spe, "done": step >= total,
             "config": config_dict(cfg), "rng": rng, "n_rows": len(rows),
-            "rows_sha1": hashlib.sha1(rows.tobytes()).hexdigest(), "time": time.time()})
+            "rows_sha1": hashlib.sha1(rows.tobytes()).hexdigest(), "time": time.time(),
+            "world_size": world})
 
     def run_monitor(step: int, loss: float) -> None:
         metrics = monitor(model.encoder_q)
@@ -357,6 +447,8 @@ def pretrain(images: np.ndarray, rows: np.ndarray, cfg: PretrainConfig, out_dir:
 
     # --- the loop
     model.train()
+    if rank != 0:
+        monitor = None  # rank 0 alone monitors and writes the log
     if monitor is not None and step == 0 and step < total:
         run_monitor(0, float("nan"))
     pending: list[tuple[dict, torch.Tensor]] = []  # losses read back lazily (no sync per step)
@@ -369,8 +461,8 @@ def pretrain(images: np.ndarray, rows: np.ndarray, cfg: PretrainConfig, out_dir:
             pending.clear()
             bar.set_postfix(loss=f"{values[-1]:.4f}")
 
-    bar = tqdm(total=total, initial=step, desc=f"MoCo {cfg.backbone}", disable=not progress,
-               unit="step")
+    bar = tqdm(total=total, initial=step, desc=f"MoCo {cfg.backbone}",
+               disable=not progress or rank != 0, unit="step")
     pool = ThreadPoolExecutor(max_workers=1)  # loads the next batch while this one trains
     order, order_epoch, next_batch = None, -1, None
 
@@ -379,7 +471,8 @@ def pretrain(images: np.ndarray, rows: np.ndarray, cfg: PretrainConfig, out_dir:
         epoch, i = divmod(s, spe)
         if epoch != order_epoch:
             order, order_epoch = epoch_order(len(rows), cfg.seed, epoch), epoch
-        return rows[order[i * cfg.batch_size:(i + 1) * cfg.batch_size]]
+        batch = rows[order[i * cfg.batch_size:(i + 1) * cfg.batch_size]]
+        return batch[rank_slice(len(batch), rank, world)]  # this rank's slice of the global batch
 
     try:
         if step < total:
@@ -389,9 +482,12 @@ def pretrain(images: np.ndarray, rows: np.ndarray, cfg: PretrainConfig, out_dir:
             if step + 1 < total:
                 next_batch = pool.submit(_load_batch, images, batch_rows(step + 1), pin)
             # every random draw of this step derives from (seed, step)
+            # (augmentation parameters come from a CPU generator on every device: no host sync,
+            # the same warps on CPU and GPU; in a distributed run each rank draws its own)
             torch.manual_seed(derive_seed(cfg.seed, step, 1))
-            gen = torch.Generator(device=device)
-            gen.manual_seed(derive_seed(cfg.seed, step, 2))
+            gen = torch.Generator()
+            gen.manual_seed(derive_seed(cfg.seed, step, 2) if world == 1
+                            else derive_seed(cfg.seed, step, 2, rank))
             with torch.no_grad():
                 im_q = augment.to_model_input(augment.augment_batch(x, aug_cfg, gen), mean, std)
                 im_k = augment.to_model_input(augment.augment_batch(x, aug_cfg, gen), mean, std)
@@ -402,7 +498,8 @@ def pretrain(images: np.ndarray, rows: np.ndarray, cfg: PretrainConfig, out_dir:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss, _ = model(im_q, im_k)  # momentum update + enqueue happen inside MoCo
+                loss, _ = net(im_q, im_k)  # momentum update + enqueue happen inside MoCo
+            loss, mean_loss = distributed_loss(loss, x.shape[0], cfg.batch_size)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -410,7 +507,7 @@ def pretrain(images: np.ndarray, rows: np.ndarray, cfg: PretrainConfig, out_dir:
             step += 1
             row = {"step": step, "epoch": (step - 1) // spe, "loss": float("nan"), "lr": lr}
             log.append(row)
-            pending.append((row, loss.detach()))
+            pending.append((row, mean_loss))
             bar.update(1)
             if len(pending) >= 20 or device.type == "cpu":
                 flush()
@@ -422,15 +519,21 @@ def pretrain(images: np.ndarray, rows: np.ndarray, cfg: PretrainConfig, out_dir:
                     cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0):
                 flush()
                 checkpoint(step)
-                _write_log(log_path, log)
+                if rank == 0:
+                    _write_log(log_path, log)
     finally:
         pool.shutdown(wait=True)
         bar.close()
 
     if saved_step != step:  # resumed exactly at the (new) end: mark the checkpoint done
         checkpoint(step)
-    model.export_backbone(backbone_path)
-    df = _write_log(log_path, log)
+    if rank == 0:
+        model.export_backbone(backbone_path)
+        df = _write_log(log_path, log)
+    else:
+        df = pd.DataFrame(log)
+    if world > 1:
+        dist.barrier()  # every rank returns once rank 0's files are in place
     return {**paths, "log": df, "step": step, "cached": False}
 
 

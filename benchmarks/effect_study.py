@@ -1,0 +1,109 @@
+"""Does MoCo pretraining beat random init on the embedded data? One measured configuration per call.
+
+Runs the book's pipeline (phantom -> manifests -> cache -> MoCo pretraining -> linear probe at
+each label fraction -> paired-bootstrap deltas) with the settings given on the command line,
+prints a one-line summary and appends it to ``<workdir>/effect_study.csv``. Used to choose the
+``quick`` profile (issue 4); the table of what was tried is in ``book/methods.md``.
+
+    python benchmarks/effect_study.py --tag base --n-patients 600 --image-size 64 --steps 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mocoxr import cache, data, experiments, phantom, train
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tag", required=True)
+    p.add_argument("--workdir", default="runs/effect_study")
+    p.add_argument("--n-patients", type=int, default=600)
+    p.add_argument("--n-valid-patients", type=int, default=300)
+    p.add_argument("--phantom-size", type=int, default=128)
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--backbone", default="resnet18")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--queue", type=int, default=4096)
+    p.add_argument("--momentum", type=float, default=0.99)
+    p.add_argument("--temperature", type=float, default=0.2)
+    p.add_argument("--augment", default="{}", help="JSON AugmentConfig overrides")
+    p.add_argument("--population", default="{}", help="JSON PhantomPopulation overrides")
+    p.add_argument("--fractions", default="0.001,0.01,0.1,1.0")
+    p.add_argument("--draws", default="5,5,5,1")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    work = Path(a.workdir)
+    pop_over = json.loads(a.population)
+    population = phantom.PhantomPopulation(**pop_over) if pop_over else phantom.DEFAULT_POPULATION
+    data_key = hashlib.sha1(json.dumps([a.n_patients, a.n_valid_patients, a.phantom_size,
+                                        pop_over, a.seed]).encode()).hexdigest()[:10]
+    t0 = time.time()
+    folder = phantom.generate_chexpert_tree(work / "data" / data_key, n_patients=a.n_patients,
+                                            image_size=a.phantom_size, seed=a.seed,
+                                            n_valid_patients=a.n_valid_patients,
+                                            population=population, workers=a.threads)
+    fractions = [float(f) for f in a.fractions.split(",")]
+    draws = [int(d) for d in a.draws.split(",")]
+    prep = data.prepare_chexpert(folder, work / "manifests" / data_key, fractions=fractions,
+                                 draws=draws, seed=a.seed)
+    images = cache.load_image_cache(list(prep.manifest["path"]), a.image_size,
+                                    work / "cache" / f"{data_key}_{a.image_size}.npy")
+    train_rows = prep.rows("train")
+    mean, std = cache.image_stats(images, train_rows)
+    t_data = time.time() - t0
+
+    cfg = train.PretrainConfig(backbone=a.backbone, init="random", image_size=a.image_size,
+                               batch_size=a.batch, epochs=10_000, max_steps=a.steps, lr=a.lr,
+                               queue_size=a.queue, momentum=a.momentum, temperature=a.temperature,
+                               seed=a.seed, device="cpu", augment=json.loads(a.augment))
+    run_key = hashlib.sha1(json.dumps([data_key, train.config_dict(cfg)], sort_keys=True,
+                                      default=str).encode()).hexdigest()[:10]
+    t1 = time.time()
+    out = train.pretrain(images, train_rows, cfg, work / "pretrain" / run_key, mean, std,
+                         progress=False)
+    t_pre = time.time() - t1
+
+    t2 = time.time()
+    res_dir = work / "results" / run_key
+    experiments.run_linear_experiment(prep, images, {"moco": out["backbone"], "random": "random"},
+                                      a.backbone, mean=mean, std=std, image_size=a.image_size,
+                                      out_dir=res_dir, n_boot=1000, seed=a.seed, progress=False)
+    deltas = experiments.compute_deltas(res_dir, "linear", a.backbone, n_boot=1000, seed=a.seed)
+    t_probe = time.time() - t2
+    res = pd.read_csv(res_dir / "results.csv")
+    res = res[res["draw"] == experiments.MEAN_DRAW]
+    summary = {"tag": a.tag, **{k: v for k, v in vars(a).items() if k not in ("tag", "workdir")},
+               "n_train": len(train_rows), "n_test": len(prep.rows("test")),
+               "prevalence_test": float(prep.labels(prep.rows("test")).mean()),
+               "loss_last": float(out["log"]["loss"].dropna().iloc[-20:].mean()),
+               "t_data_s": round(t_data), "t_pretrain_s": round(t_pre), "t_probe_s": round(t_probe)}
+    line = []
+    for f in fractions:
+        m = res[(res["init"] == "moco") & np.isclose(res["label_fraction"], f)]["auc"].item()
+        r = res[(res["init"] == "random") & np.isclose(res["label_fraction"], f)]["auc"].item()
+        d = deltas[np.isclose(deltas["label_fraction"], f)].iloc[0]
+        summary.update({f"moco_{f:g}": round(m, 3), f"random_{f:g}": round(r, 3),
+                        f"delta_{f:g}": f"{d['delta']:+.3f} ({d['ci_low']:+.3f},{d['ci_high']:+.3f})"})
+        line.append(f"f={f:g}: {m:.3f}/{r:.3f} d{d['delta']:+.3f} [{d['ci_low']:+.3f},{d['ci_high']:+.3f}]")
+    print(f"[{a.tag}] " + " | ".join(line) + f" | pre {t_pre:.0f}s probe {t_probe:.0f}s "
+          f"loss {summary['loss_last']:.2f}")
+    table = work / "effect_study.csv"
+    pd.DataFrame([summary]).to_csv(table, mode="a", header=not table.exists(), index=False)
+
+
+if __name__ == "__main__":
+    main()
