@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -44,6 +45,8 @@ def main() -> None:
     p.add_argument("--draws", default="5,5,5,1")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--extend", default=None,
+                   help="pretraining folder of a shorter run with the same settings to continue from")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     work = Path(a.workdir)
@@ -72,8 +75,13 @@ def main() -> None:
                                seed=a.seed, device="cpu", augment=json.loads(a.augment))
     run_key = hashlib.sha1(json.dumps([data_key, train.config_dict(cfg)], sort_keys=True,
                                       default=str).encode()).hexdigest()[:10]
+    pre_dir = work / "pretrain" / run_key
+    if a.extend and not (pre_dir / "checkpoint.pt").exists():  # raising max_steps resumes a run
+        pre_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("checkpoint.pt", "loss_log.csv"):
+            shutil.copy(Path(a.extend) / name, pre_dir / name)
     t1 = time.time()
-    out = train.pretrain(images, train_rows, cfg, work / "pretrain" / run_key, mean, std,
+    out = train.pretrain(images, train_rows, cfg, pre_dir, mean, std,
                          progress=False)
     t_pre = time.time() - t1
 
@@ -102,7 +110,8 @@ def main() -> None:
     print(f"[{a.tag}] " + " | ".join(line) + f" | pre {t_pre:.0f}s probe {t_probe:.0f}s "
           f"loss {summary['loss_last']:.2f}")
     table = work / "effect_study.csv"
-    pd.DataFrame([summary]).to_csv(table, mode="a", header=not table.exists(), index=False)
+    previous = pd.read_csv(table) if table.exists() else pd.DataFrame()
+    pd.concat([previous, pd.DataFrame([summary])], ignore_index=True).to_csv(table, index=False)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,159 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # MoCo pretraining: learning from unlabelled X-rays
+#
+# Labels are expensive; chest X-rays are not. MoCo (momentum contrast) learns a representation
+# from images alone: it shows the network two randomly augmented *views* of the same X-ray and
+# trains it to tell which of many stored views (a queue of keys from earlier batches) came from
+# the same image. Whatever survives the augmentations (anatomy, and pathology such as a
+# blunted costophrenic angle) is what the representation has to keep.
+#
+# The paper's recipe (MoCo v2 with X-ray-specific augmentations, Adam at 1e-4, batch 16,
+# 20 epochs from ImageNet weights, temperature 0.2) is the default of `mocoxr.train.PretrainConfig`;
+# the parameters below shrink it to what a laptop CPU can do in a few minutes.
+
+# %% tags=["parameters"]
+run_dir = "../runs/interactive"  # run folder shared by all notebooks (the runner sets it)
+data_dir = None  # folder holding CheXpert-v1.0-small/; None: the embedded data
+phantom = {"n_patients": 400, "n_valid_patients": 100, "image_size": 128, "workers": 0}  # mocoxr.phantom.generate_chexpert_tree options
+chexpert = {  # mocoxr.data.prepare_chexpert options (as in 01_data)
+    "target": "Pleural Effusion",
+    "uncertain_policy": "ones",
+    "frontal_only": True,
+    "val_fraction": 0.1,
+    "test_csv": None,
+    "fractions": [0.001, 0.01, 0.1, 1.0],
+    "draws": [5, 5, 5, 1],
+}
+image_size = 64  # model input size in pixels (the paper: 320)
+seed = 0
+device = "cpu"  # "cpu", "cuda" or "auto"
+backbone = "resnet18"  # resnet18, resnet50 or densenet121
+pretrain = {  # mocoxr.train.PretrainConfig fields (besides backbone, image_size, seed, device)
+    "init": "random",  # the paper starts from "imagenet" (needs the torchvision weights offline)
+    "batch_size": 32,
+    "epochs": 2,
+    "max_steps": None,
+    "lr": 1e-4,
+    "weight_decay": 1e-4,
+    "lr_drops": [0.6, 0.9],
+    "queue_size": 4096,
+    "momentum": 0.99,
+    "temperature": 0.2,
+    "dim": 128,
+    "mlp": True,
+    "augment": {},  # mocoxr.augment.AugmentConfig overrides (rotation, flip, crop, ...)
+    "monitor_every": 25,  # steps between k-NN monitor evaluations (0: off)
+    "checkpoint_every_steps": None,
+    "amp": "auto",
+    "channels_last": "auto",
+    "compile": False,
+}
+monitor = {"k": 20, "max_train": 1000, "max_eval": 500}  # k-NN monitor: neighbours, labelled bank, scored val images
+
+# %%
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from mocoxr import augment, book, plots, train
+
+paths = book.run_paths(run_dir)
+book.glue("backbone_name", backbone)
+folder = book.chexpert_folder(run_dir, data_dir, phantom, seed=seed)
+ds = book.load_dataset(run_dir, "chexpert", folder, image_size, chexpert, seed=seed)
+train_rows = ds.prepared.rows("train")
+cfg = train.PretrainConfig(backbone=backbone, image_size=image_size, seed=seed, device=device, **pretrain)
+print(cfg)
+
+# %% [markdown]
+# ## The two views MoCo compares
+#
+# Each training image is augmented twice, independently: a small rotation (up to 10 degrees),
+# a horizontal flip, and a crop that keeps the lung bases (where effusion collects) inside the
+# frame. No colour jitter, grayscale or blur, which suit natural images but would erase what a
+# radiologist looks at. The first view goes through the *query* encoder, the second through the
+# slowly moving *key* encoder; the loss rewards the query for matching its own key.
+
+# %%
+aug_cfg = augment.AugmentConfig(out_size=image_size, **pretrain["augment"])
+rng = np.random.default_rng(seed)
+show = np.sort(rng.choice(train_rows, size=6, replace=False))
+x = torch.from_numpy(np.ascontiguousarray(ds.images[show]))
+gen = torch.Generator().manual_seed(seed)
+view_q = augment.augment_batch(x, aug_cfg, gen)
+view_k = augment.augment_batch(x, aug_cfg, gen)
+fig = plots.augmented_views(augment.resize_batch(x, image_size).numpy(), view_q.numpy(), view_k.numpy())
+plt.show()
+
+# %% [markdown]
+# ## Pretraining
+#
+# Pretraining uses every image of the training split and none of its labels. The loop writes a
+# checkpoint each epoch and resumes from it, so an interrupted run picks up where it stopped, and
+# a finished run is simply loaded. Every `monitor_every` steps a **k-nearest-neighbour monitor**
+# embeds a labelled sample of training images and scores validation images by the labels of
+# their nearest neighbours: a cheap, label-using check that the label-free training is learning
+# something about effusion.
+
+# %%
+out = book.pretrain_dir(run_dir, cfg, ds)
+mon = book.knn_monitor(ds, image_size, seed=seed, **monitor) if pretrain["monitor_every"] else None
+t0 = time.time()
+result = train.pretrain(ds.images, train_rows, cfg, out, ds.mean, ds.std, monitor=mon)
+minutes = (time.time() - t0) / 60
+exported = book.record_pretrained(run_dir, backbone, out)
+log = result["log"]
+print(f"{'loaded finished run' if result['cached'] else 'trained'}: {result['step']} steps "
+      f"in {minutes:.1f} min -> {exported}")
+
+# %%
+fig = plots.pretraining_curves(log)
+plt.show()
+
+# %% tags=["hide-input"]
+# numbers for the text below
+loss = log["loss"].dropna()
+book.glue("steps", int(result["step"]))
+book.glue("n_pretrain_images", int(len(train_rows)))
+book.glue("loss_first", float(loss.iloc[: max(1, len(loss) // 10)].mean()))
+book.glue("loss_last", float(loss.iloc[-max(1, len(loss) // 10):].mean()))
+book.glue("chance_loss", float(np.log(cfg.queue_size + 1)))
+book.glue("queue_size", int(cfg.queue_size))
+if "knn_auc" in log and log["knn_auc"].notna().any():
+    knn = log.dropna(subset=["knn_auc"])
+    book.glue("knn_first", float(knn["knn_auc"].iloc[0]))
+    book.glue("knn_last", float(knn["knn_auc"].iloc[-1]))
+    book.glue("knn_best", float(knn["knn_auc"].max()))
+else:
+    for k in ("knn_first", "knn_last", "knn_best"):
+        book.glue(k, float("nan"))
+
+# %% [markdown]
+# Chance level for this loss is $\ln(K+1)$ = {glue:text}`chance_loss:.2f` for a queue of
+# K = {glue:text}`queue_size` keys. Over {glue:text}`steps` steps the mean loss went from
+# {glue:text}`loss_first:.2f` (first tenth of the steps) to {glue:text}`loss_last:.2f` (last
+# tenth). Early on the queue still holds its random initial keys, which are easy to tell from
+# the true key, so the loss can *rise* while the queue fills with real keys, and falls
+# only once the encoder learns. The k-NN monitor's validation AUC went from
+# {glue:text}`knn_first:.3f` (the untrained encoder) to {glue:text}`knn_last:.3f` (best
+# {glue:text}`knn_best:.3f`); 0.5 is chance.
+#
+# ## Summary
+#
+# - MoCo v2 pretraining of a {glue:text}`backbone_name` on {glue:text}`n_pretrain_images`
+#   unlabelled training images: loss {glue:text}`loss_first:.2f` → {glue:text}`loss_last:.2f`,
+#   k-NN validation AUC {glue:text}`knn_first:.3f` → {glue:text}`knn_last:.3f`.
+# - The exported backbone is a plain torchvision state dict (`backbone.pt` in the run folder's
+#   `checkpoints/`), loadable with `torchvision.models.resnet18().load_state_dict(...)`.
+# - Next: is this representation better than the baseline when labels are scarce?
+#   [Linear probing](03_linear_probe.ipynb) answers without touching the encoder.

@@ -1,0 +1,130 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Transfer: tuberculosis on the Shenzhen set
+#
+# A representation is only worth pretraining if it travels. The paper takes the encoder
+# pretrained with MoCo on CheXpert, without any further pretraining, and trains tuberculosis
+# classifiers on the small Shenzhen set (a different hospital, country and disease), with
+# 6.25%, 25% and 100% of its training labels. MoCo-CheXpert initialisation beat ImageNet
+# initialisation there too.
+#
+# Same two protocols as before: a linear probe on frozen features and end-to-end fine-tuning,
+# each against the baseline init, with paired bootstrap CIs on the Shenzhen test split.
+# Images are normalised with Shenzhen's own mean and standard deviation.
+
+# %% tags=["parameters"]
+run_dir = "../runs/interactive"  # run folder shared by all notebooks (the runner sets it)
+shenzhen_dir = None  # folder holding CXR_png/; None: the embedded data
+phantom_shenzhen = {"n_images": 200, "image_size": 128, "workers": 0}  # mocoxr.phantom.generate_shenzhen_tree options
+shenzhen = {"fractions": [0.0625, 0.25, 1.0], "draws": [8, 4, 1]}  # mocoxr.data.prepare_shenzhen options
+image_size = 64
+seed = 0
+device = "cpu"
+backbone = "resnet18"
+baseline = "random"  # "random" or "imagenet" (the paper)
+transfer_linear = {"method": "logreg", "fractions": None, "max_draws": None, "batch_size": 64, "probe_kwargs": {}}
+transfer_finetune = {
+    "fractions": None,
+    "max_draws": 2,
+    "max_epochs": 3,
+    "batch_size": 16,
+    "augment": {},
+    "overwrite": False,
+}
+n_boot = 1000
+
+# %%
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from IPython.display import display
+
+from mocoxr import book, evaluate, experiments, plots
+
+paths = book.run_paths(run_dir)
+book.glue("backbone_name", backbone)
+folder = book.shenzhen_folder(run_dir, shenzhen_dir, phantom_shenzhen, seed=seed)
+sz = book.load_dataset(run_dir, "shenzhen", folder, image_size, shenzhen, seed=seed)
+backbones = {"moco": str(paths.moco_backbone(backbone)), baseline: baseline}
+m = sz.manifest
+display(m.groupby("split").agg(images=("label", "size"), tb=("label", "sum")).reindex(["train", "val", "test"]))
+
+# %% [markdown]
+# ## Linear probe and fine-tuning
+
+# %%
+common = dict(mean=sz.mean, std=sz.std, image_size=image_size, out_dir=paths.root, n_boot=n_boot,
+              seed=seed, device=device)
+res_lin = experiments.run_linear_experiment(sz.prepared, sz.images, backbones, backbone,
+                                            experiment="shenzhen_linear", **common, **transfer_linear)
+res_ft = experiments.run_finetune_experiment(sz.prepared, sz.images, backbones, backbone,
+                                             experiment="shenzhen_finetune", **common, **transfer_finetune)
+res = pd.concat([res_lin, res_ft], ignore_index=True)
+dl = pd.concat([
+    experiments.compute_deltas(paths.root, exp, backbone, ("moco", baseline), n_boot=n_boot, seed=seed)
+    for exp in ("shenzhen_linear", "shenzhen_finetune")
+], ignore_index=True)
+dl = dl[dl["label_fraction"].isin(res["label_fraction"].unique())]
+
+# %%
+fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+plots.auc_vs_fraction(res, "shenzhen_linear", backbone, ax=axes[0])
+plots.auc_vs_fraction(res, "shenzhen_finetune", backbone, ax=axes[1])
+plots.delta_plot(dl, ["shenzhen_linear", "shenzhen_finetune"], backbone, ax=axes[2])
+fig.tight_layout()
+plt.show()
+display(dl.style.format({"delta": "{:+.3f}", "ci_low": "{:+.3f}", "ci_high": "{:+.3f}"}).hide(axis="index"))
+
+# %% tags=["hide-input"]
+# numbers for the text below
+f_small = float(dl["label_fraction"].min())
+for exp, tag in (("shenzhen_linear", "lin"), ("shenzhen_finetune", "ft")):
+    row = dl[(dl["experiment"] == exp) & np.isclose(dl["label_fraction"], f_small)].iloc[0]
+    book.glue(f"{tag}_delta_small", float(row["delta"]))
+    book.glue(f"{tag}_delta_small_lo", float(row["ci_low"]))
+    book.glue(f"{tag}_delta_small_hi", float(row["ci_high"]))
+    s = plots.mean_rows(res, exp, backbone)
+    for init in ("moco", baseline):
+        r = s[(s["init"] == init) & np.isclose(s["label_fraction"], f_small)].iloc[0]
+        book.glue(f"{tag}_auc_{'moco' if init == 'moco' else 'base'}_small", float(r["auc"]))
+book.glue("frac_small", plots.pct(f_small))
+book.glue("baseline", baseline)
+book.glue("n_test", int(len(sz.prepared.rows("test"))))
+
+# %% [markdown]
+# With {glue:text}`frac_small` of the Shenzhen training labels, the linear probe on
+# CheXpert-MoCo features reaches AUC {glue:text}`lin_auc_moco_small:.3f` against
+# {glue:text}`lin_auc_base_small:.3f` for the {glue:text}`baseline` encoder (difference
+# {glue:text}`lin_delta_small:+.3f`, 95% CI {glue:text}`lin_delta_small_lo:+.3f` to
+# {glue:text}`lin_delta_small_hi:+.3f`); fine-tuning gives {glue:text}`ft_auc_moco_small:.3f`
+# against {glue:text}`ft_auc_base_small:.3f` ({glue:text}`ft_delta_small:+.3f`,
+# {glue:text}`ft_delta_small_lo:+.3f` to {glue:text}`ft_delta_small_hi:+.3f`). The test split
+# has only {glue:text}`n_test` images, so these intervals are wide.
+#
+# ## ROC curves with the fewest labels
+
+# %%
+curves = {}
+for exp in ("shenzhen_linear", "shenzhen_finetune"):
+    curves[f"{plots.EXPERIMENT_TITLES[exp]}, {plots.pct(f_small)}"] = {
+        init: evaluate.load_predictions(paths.predictions, exp, backbone, init, f_small, 0)[1:]
+        for init in backbones
+    }
+fig = plots.roc_panels(curves)
+plt.show()
+
+# %% [markdown]
+# ## Summary
+#
+# - CheXpert-MoCo {glue:text}`backbone_name` transferred to tuberculosis: at
+#   {glue:text}`frac_small` of the labels MoCo minus {glue:text}`baseline` is
+#   {glue:text}`lin_delta_small:+.3f` AUC for the linear probe and {glue:text}`ft_delta_small:+.3f`
+#   for fine-tuning.
+# - Next: [all results beside the paper's](06_results.ipynb).

@@ -1,0 +1,210 @@
+"""Every notebook executed under papermill with the `tiny` profile, through the same runner as
+`make book`, then the site built from that run. The assertions read what the notebooks recorded:
+the glue values in the executed notebooks, results.csv / deltas.csv, and the built HTML.
+
+One module-scoped fixture runs the profile and builds the site once (a few minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mocoxr import book, evaluate
+
+pytestmark = pytest.mark.slow
+
+EXPERIMENTS = {"linear", "finetune", "shenzhen_linear", "shenzhen_finetune"}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Run the tiny profile and build its site once; yields (run_dir, outcomes, index.html, log).
+
+    The package-code part of the run keys is pinned for the module, so that the rerun test does
+    not depend on nobody editing mocoxr/ meanwhile."""
+    root = tmp_path_factory.mktemp("tiny")
+    run_dir, out = root / "run", root / "site"
+    log: list[str] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(book, "code_hash", lambda: "pinned")
+        outcomes = book.run_profile("tiny", run_dir, progress=False, echo=log.append)
+        index = book.build_site("tiny", run_dir, output=out, echo=log.append, quiet=True)
+        yield run_dir, {o.run_id: o for o in outcomes}, index, "\n".join(log)
+
+
+def glued(run_dir: Path, run_id: str) -> dict:
+    return book.glued_values(run_dir / "executed" / f"{run_id}.ipynb")
+
+
+def test_every_notebook_ran_without_error(tiny):
+    run_dir, outcomes, _, log = tiny
+    prof = book.load_profile("tiny")
+    assert [r.run_id for r in prof.runs] == list(outcomes)
+    assert {o.status for o in outcomes.values()} == {"ran"}, log
+    for run_id in outcomes:
+        nb = run_dir / "executed" / f"{run_id}.ipynb"
+        assert nb.is_file() and book.notebook_errors(nb) == []
+        assert (run_dir / "stamps" / f"{run_id}.json").is_file()
+
+
+def test_rerun_skips_everything(tiny):
+    run_dir = tiny[0]
+    outcomes = book.run_profile("tiny", run_dir, progress=False, echo=lambda *a: None)
+    assert {o.status for o in outcomes} == {"up to date"}
+
+
+def test_data_notebook_records_splits_and_policy(tiny):
+    run_dir = tiny[0]
+    g = glued(run_dir, "01_data")
+    assert g["policy"] == "ones"
+    for split in ("train", "val", "test"):
+        assert g[f"n_{split}"] > 0 and g[f"patients_{split}"] > 0
+    assert 0 < g["prevalence_test"] < 1
+    # the ones policy turns uncertain labels positive, zeros negative
+    assert g["n_uncertain"] == 0 or g["prevalence_ones"] > g["prevalence_zeros"]
+    assert g["prevalence_chosen"] == pytest.approx(g["prevalence_ones"])
+    manifest = pd.read_csv(run_dir / "manifests" / "chexpert.csv")
+    assert (manifest["split"] == "test").sum() == g["n_test"]
+    assert g["sz_n"] == len(pd.read_csv(run_dir / "manifests" / "shenzhen.csv"))
+
+
+def test_pretrain_notebook_records_loss_and_exports_torchvision_weights(tiny):
+    import torch
+    import torchvision
+
+    run_dir = tiny[0]
+    g = glued(run_dir, "02_pretrain")
+    assert g["steps"] == 3  # tiny: max_steps 3
+    assert np.isfinite(g["loss_first"]) and np.isfinite(g["loss_last"]) and g["loss_first"] > 0
+    assert 0 <= g["knn_first"] <= 1 and 0 <= g["knn_last"] <= 1
+    exported = book.run_paths(run_dir).moco_backbone("resnet18")
+    torchvision.models.resnet18().load_state_dict(torch.load(exported, weights_only=True))
+    log = pd.read_csv(exported.parent / "loss_log.csv")
+    assert log["step"].max() == 3 and "knn_auc" in log
+
+
+def test_results_table(tiny):
+    run_dir = tiny[0]
+    res = pd.read_csv(run_dir / "results.csv")
+    assert list(res.columns) == evaluate.RESULTS_COLUMNS
+    assert set(res["experiment"]) == EXPERIMENTS
+    assert set(res["init"]) == {"moco", "random"} and set(res["backbone"]) == {"resnet18"}
+    # tiny: CheXpert fractions 0.1 (2 draws) and 1.0; linear uses both draws, fine-tuning one;
+    # each (experiment, init, fraction) also has its draw-averaged row (draw -1)
+    per_init = {"linear": 3 + 2, "finetune": 2 + 2, "shenzhen_linear": 3 + 2, "shenzhen_finetune": 2 + 2}
+    counts = res.groupby(["experiment", "init"]).size()
+    for exp, n in per_init.items():
+        assert counts[exp, "moco"] == counts[exp, "random"] == n, counts
+    assert res["auc"].between(0, 1).all()
+    assert (res["ci_low"] <= res["ci_high"]).all()
+    inside = (res["ci_low"] - 1e-9 <= res["auc"]) & (res["auc"] <= res["ci_high"] + 1e-9)
+    assert inside.mean() >= 0.9, res[~inside]  # a percentile CI can miss its point on ~20 images
+    assert not res.duplicated(evaluate.RESULTS_KEY).any()
+    chex_test = int(glued(run_dir, "01_data")["n_test"])
+    assert (res.loc[~res["experiment"].str.startswith("shenzhen"), "n_test"] == chex_test).all()
+    full = res[(res["label_fraction"] == 1.0) & (res["experiment"] == "linear")]
+    small = res[(res["label_fraction"] == 0.1) & (res["experiment"] == "linear")]
+    assert full["n_train"].min() > small["n_train"].max()
+
+
+def test_deltas_table_and_the_prose_numbers_come_from_it(tiny):
+    run_dir = tiny[0]
+    d = pd.read_csv(run_dir / "deltas.csv")
+    assert list(d.columns) == evaluate.DELTAS_COLUMNS
+    assert len(d) == 8 and set(d["experiment"]) == EXPERIMENTS
+    assert set(d["comparison"]) == {"moco - random"}
+    assert ((d["ci_low"] <= d["delta"] + 1e-9) & (d["delta"] <= d["ci_high"] + 1e-9)).mean() >= 0.9
+    assert d["delta"].between(-1, 1).all()
+    for run_id, exp in (("03_linear_probe", "linear"), ("04_finetune", "finetune")):
+        g = glued(run_dir, run_id)
+        row = d[(d["experiment"] == exp) & np.isclose(d["label_fraction"], 0.1)].iloc[0]
+        assert g["frac_small"] == "10%" and g["frac_large"] == "100%"
+        assert g["delta_small"] == pytest.approx(row["delta"])
+        assert g["delta_small_lo"] == pytest.approx(row["ci_low"])
+        res = pd.read_csv(run_dir / "results.csv")
+        mean = res[(res["experiment"] == exp) & (res["draw"] == -1) & (res["init"] == "moco")
+                   & np.isclose(res["label_fraction"], 0.1)]
+        assert g["auc_moco_small"] == pytest.approx(mean["auc"].iloc[0])
+    sz = glued(run_dir, "05_shenzhen")
+    row = d[(d["experiment"] == "shenzhen_linear") & np.isclose(d["label_fraction"], 0.25)].iloc[0]
+    assert sz["lin_delta_small"] == pytest.approx(row["delta"])
+
+
+def test_results_notebook_compares_with_the_paper(tiny):
+    run_dir = tiny[0]
+    g = glued(run_dir, "06_results")
+    assert g["n_findings"] == 3 and 0 <= g["n_findings_reproduced"] <= 3
+    assert g["paper_lin_small"] == pytest.approx(0.776 - 0.683)  # packaged paper figures, ResNet18
+    assert "not CheXpert" in g["data_source"]
+
+
+class _Tables(HTMLParser):
+    """Collect tables (class, header cells, row count) and images of an HTML page."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables: list[dict] = []
+        self.images: list[str] = []
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "table":
+            self.tables.append({"class": a.get("class", ""), "headers": [], "rows": 0})
+        elif tag == "th" and self.tables:
+            self._cell = []
+        elif tag == "tr" and self.tables:
+            self.tables[-1]["rows"] += 1
+        elif tag == "img":
+            self.images.append(a.get("src", ""))
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+    def handle_endtag(self, tag):
+        if tag == "th" and self._cell is not None:
+            self.tables[-1]["headers"].append("".join(self._cell).strip())
+            self._cell = None
+
+
+def test_site_builds_with_results_page_table_and_figures(tiny):
+    run_dir, _, index, _ = tiny
+    html_dir = index.parent
+    assert index.is_file()
+    for name in ("results.csv", "deltas.csv"):  # the tables beside the site
+        assert (html_dir / name).read_bytes() == (run_dir / name).read_bytes()
+    log = (run_dir / "site" / "build.log").read_text()
+    warnings = [line for line in log.splitlines() if "WARNING" in line]
+    assert not warnings, "\n".join(warnings)
+
+    page = html_dir / "book" / "executed" / "06_results.html"
+    text = page.read_text()
+    parser = _Tables()
+    parser.feed(text)
+    comparison = [t for t in parser.tables if "comparison-table" in t["class"]]
+    assert len(comparison) == 1
+    assert {"ours: MoCo", "ours: random", "ours: difference", "paper: MoCo", "paper: ImageNet"} <= set(
+        comparison[0]["headers"])
+    assert comparison[0]["rows"] == 1 + 4  # header + (linear, finetune) x (10%, 100%)
+    figures = [src for src in parser.images if src.endswith(".png")]
+    assert len(figures) >= 2  # AUC against label fraction, and the differences
+    for src in figures:
+        assert (page.parent / src).resolve().is_file()
+    assert "not CheXpert" in text
+    # glue pasted the computed numbers into the prose; the defaults cell is gone, the injected one hidden
+    assert 'class="pasted-text"' in text
+    assert "../runs/interactive" not in text
+    assert "tag_hide-input" in text and f'run_dir = "{run_dir}"' in re.sub(r"<[^>]+>", "", text).replace(
+        "&quot;", '"')
+    for nb in ("01_data", "02_pretrain", "03_linear_probe", "04_finetune", "05_shenzhen"):
+        p = html_dir / "book" / "executed" / f"{nb}.html"
+        assert p.is_file() and "<img" in p.read_text(), nb
+    assert (html_dir / "book" / "methods.html").is_file() and (html_dir / "book" / "usage.html").is_file()
