@@ -32,7 +32,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from threadpoolctl import threadpool_limits
 from torch.nn.parallel import DistributedDataParallel
 
 from mocoxr import distributed as cli
@@ -44,14 +43,6 @@ SHUFFLE_SEED = 1234
 LR = 0.5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: on 2 shared cores intra-op threads (torch, BLAS) cost more than they give."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(before)
 
 
 def tiny_images(n: int, seed: int = 0, size: int = 32) -> np.ndarray:

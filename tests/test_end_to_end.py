@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from threadpoolctl import threadpool_limits
 
 from mocoxr import cache, data, evaluate, experiments, phantom, train
 
@@ -19,13 +18,6 @@ SIZE = 32
 BACKBONE = "resnet18"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(before)
 
 
 def load(prep: data.PreparedDataset, cache_file: Path):

@@ -4,7 +4,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from threadpoolctl import threadpool_limits
 
 from mocoxr import evaluate, experiments, models, train
 from mocoxr.data import PreparedDataset
@@ -12,14 +11,6 @@ from mocoxr.data import PreparedDataset
 MEAN, STD = 0.5, 0.25
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: on 2 shared cores intra-op threads (torch, BLAS) cost more than they give."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(before)
 
 
 def tiny_prepared(tmp_path) -> tuple[PreparedDataset, np.ndarray]:

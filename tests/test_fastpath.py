@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from threadpoolctl import threadpool_limits
 
 from mocoxr import train
 
@@ -19,14 +18,6 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(),
                           reason="needs CUDA (run benchmarks/gpu_check.sh on a GPU machine)")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: on 2 shared cores intra-op threads (torch, BLAS) cost more than they give."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(before)
 
 
 def tiny_images(n: int, size: int = 32, seed: int = 0) -> np.ndarray:

@@ -23,13 +23,6 @@ from mocoxr.moco import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny CNN passes are faster on one thread, much faster on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _unit(*shape, seed=0):

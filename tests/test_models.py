@@ -17,13 +17,6 @@ from mocoxr.models import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny CNN passes are faster on one thread, much faster on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _same_weights(a: nn.Module, b: nn.Module) -> bool:

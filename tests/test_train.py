@@ -5,7 +5,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from threadpoolctl import threadpool_limits
 import torchvision
 from sklearn.metrics import roc_auc_score
 
@@ -14,14 +13,6 @@ from mocoxr import models, train
 MEAN, STD = 0.5, 0.25
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: on 2 shared cores intra-op threads (torch, BLAS) cost more than they give."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(before)
 
 
 def tiny_images(n: int, seed: int = 0, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
