@@ -95,8 +95,10 @@ def dataset_features(prepared: Any, images: np.ndarray, backbone_name: str, init
 
 def _score_rows(experiment: str, backbone: str, init: str, fraction: float,
                 draws: list[int], scores: list[np.ndarray], n_train: list[int],
-                y_test: np.ndarray, n_boot: int, seed: int) -> list[dict]:
-    """One results row per draw plus the draw-averaged row (draw = MEAN_DRAW)."""
+                y_test: np.ndarray, n_boot: int, seed: int,
+                progress: bool = False) -> list[dict]:
+    """One results row per draw plus the draw-averaged row (draw = MEAN_DRAW); with
+    ``progress`` the mean AUC is printed."""
     base = {"experiment": experiment, "backbone": backbone, "init": init,
             "label_fraction": float(fraction), "n_test": int(len(y_test))}
     out = []
@@ -107,6 +109,9 @@ def _score_rows(experiment: str, backbone: str, init: str, fraction: float,
     auc, lo, hi = evaluate.bootstrap_auc(y_test, np.stack(scores), n_boot=n_boot, seed=seed)
     out.append({**base, "draw": MEAN_DRAW, "auc": auc, "ci_low": lo, "ci_high": hi,
                 "n_train": int(round(float(np.mean(n_train))))})
+    if progress:
+        print(f"{experiment} {backbone} {init} f={fraction:g}: mean AUC {auc:.3f} "
+              f"over {len(draws)} draw(s)")
     return out
 
 
@@ -173,10 +178,7 @@ def run_linear_experiment(prepared: Any, images: np.ndarray, backbones: Mapping[
                 scores.append(s)
                 n_train.append(len(tr))
             rows += _score_rows(experiment, backbone_name, init_name, f, draws, scores,
-                                n_train, y_test, n_boot, seed)
-            if progress:
-                print(f"{experiment} {backbone_name} {init_name} f={f:g}: mean AUC "
-                      f"{rows[-1]['auc']:.3f} over {len(draws)} draw(s)")
+                                n_train, y_test, n_boot, seed, progress)
     return _write_results(out_dir, rows)
 
 
@@ -246,10 +248,7 @@ def run_finetune_experiment(prepared: Any, images: np.ndarray, backbones: Mappin
                 scores.append(np.asarray(s, dtype=np.float64))
                 n_train.append(len(tr))
             rows += _score_rows(experiment, backbone_name, init_name, f, draws, scores,
-                                n_train, y_test, n_boot, seed)
-            if progress:
-                print(f"{experiment} {backbone_name} {init_name} f={f:g}: mean AUC "
-                      f"{rows[-1]['auc']:.3f} over {len(draws)} draw(s)")
+                                n_train, y_test, n_boot, seed, progress)
     return _write_results(out_dir, rows)
 
 

@@ -541,15 +541,22 @@ def _lowres_blur(a: np.ndarray, sigma_px: float) -> np.ndarray:
 # Frontal renderer
 # --------------------------------------------------------------------------------------------
 
-def _frontal_attenuation(h: int, w: int, anat: dict, acq: dict, f: dict,
-                         seeds: np.ndarray) -> np.ndarray:
-    """Attenuation map (arbitrary units; 0 = air outside the patient) of a PA/AP view."""
+def _patient_frame(h: int, w: int, acq: dict) -> tuple[float, np.ndarray, np.ndarray]:
+    """Half-size in pixels and the patient's coordinates (X, Y) of every pixel: the image grid
+    shifted, tilted and scaled by the acquisition (``tx``, ``ty``, ``tilt``, ``scale``)."""
     s = min(h, w) / 2.0
     x0, y0 = _grid(h, w)
     c, sn = math.cos(acq["tilt"]), math.sin(acq["tilt"])
     xs, ys = x0 - acq["tx"], y0 - acq["ty"]
     X = (c * xs + sn * ys) * (1.0 / acq["scale"])
     Y = (-sn * xs + c * ys) * (1.0 / acq["scale"])
+    return s, X, Y
+
+
+def _frontal_attenuation(h: int, w: int, anat: dict, acq: dict, f: dict,
+                         seeds: np.ndarray) -> np.ndarray:
+    """Attenuation map (arbitrary units; 0 = air outside the patient) of a PA/AP view."""
+    s, X, Y = _patient_frame(h, w, acq)
     uX = np.abs(X)
     left = X > 0                                            # patient's left is the image right
     edge = max(1.5 / s, 0.012)
@@ -957,12 +964,7 @@ def _devices(h: int, w: int, s: float, X: np.ndarray, Y: np.ndarray, acq: dict, 
 def _lateral_attenuation(h: int, w: int, anat: dict, acq: dict, f: dict,
                          seeds: np.ndarray) -> np.ndarray:
     """Attenuation map of a lateral view: anterior at the image left, spine at the right."""
-    s = min(h, w) / 2.0
-    x0, y0 = _grid(h, w)
-    c, sn = math.cos(acq["tilt"]), math.sin(acq["tilt"])
-    xs, ys = x0 - acq["tx"], y0 - acq["ty"]
-    X = (c * xs + sn * ys) * (1.0 / acq["scale"])
-    Y = (-sn * xs + c * ys) * (1.0 / acq["scale"])
+    s, X, Y = _patient_frame(h, w, acq)
     edge = max(1.5 / s, 0.012)
     insp, hab = acq["insp"], acq["habitus"]
     rngs = _LazyRngs(seeds)
