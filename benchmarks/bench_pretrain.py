@@ -14,8 +14,8 @@ JPEG files in the real layout) and train the same ``mocoxr.moco.MoCo`` (random i
 (a) **fast path** = ``mocoxr.train.pretrain`` as the notebooks call it: the JPEGs decoded once
     into the uint8 memmap cache (``mocoxr.cache``; its build time is reported separately),
     batches read by a background thread (pinned, non-blocking copies on CUDA), augmentations
-    batched on the device (``augment.augment_batch``), bf16 autocast and channels_last on CUDA,
-    optionally ``torch.compile`` (``--compile``).
+    batched on the device (``augment.augment_batch``), bf16 autocast on CUDA, channels_last on
+    CUDA and CPU, optionally ``torch.compile`` (``--compile``).
 (b) **reference loop**, as stanfordmlgroup/MoCo-CXR ``moco_pretraining/moco/main_moco.py`` runs
     it (``--aug-setting chexpert``): a Dataset that opens each JPEG with PIL and converts it to
     RGB (torchvision's ``pil_loader``), ``TwoCropsTransform`` of ``Resize(size)``,

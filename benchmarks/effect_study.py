@@ -45,6 +45,14 @@ def main() -> None:
     p.add_argument("--draws", default="5,5,5,1")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--standardize-on", default="train_split", choices=["train_split", "labelled"])
+    p.add_argument("--monitor-every", type=int, default=0,
+                   help="k-NN monitor (val rows against all labelled train rows) every N steps")
+    p.add_argument("--finetune-epochs", type=int, default=0, help="0: no fine-tuning")
+    p.add_argument("--finetune-lr", type=float, default=1e-4)
+    p.add_argument("--finetune-batch", type=int, default=32)
+    p.add_argument("--finetune-fractions", default="0.001,1.0")
+    p.add_argument("--skip-random-finetune", action="store_true")
     p.add_argument("--extend", default=None,
                    help="pretraining folder of a shorter run with the same settings to continue from")
     a = p.parse_args()
@@ -53,7 +61,8 @@ def main() -> None:
     pop_over = json.loads(a.population)
     population = phantom.PhantomPopulation(**pop_over) if pop_over else phantom.DEFAULT_POPULATION
     data_key = hashlib.sha1(json.dumps([a.n_patients, a.n_valid_patients, a.phantom_size,
-                                        pop_over, a.seed]).encode()).hexdigest()[:10]
+                                        population.to_dict(), a.seed], sort_keys=True)
+                            .encode()).hexdigest()[:10]  # the whole population: defaults change
     t0 = time.time()
     folder = phantom.generate_chexpert_tree(work / "data" / data_key, n_patients=a.n_patients,
                                             image_size=a.phantom_size, seed=a.seed,
@@ -81,24 +90,52 @@ def main() -> None:
         for name in ("checkpoint.pt", "loss_log.csv"):
             shutil.copy(Path(a.extend) / name, pre_dir / name)
     t1 = time.time()
-    out = train.pretrain(images, train_rows, cfg, pre_dir, mean, std,
+    monitor = None
+    if a.monitor_every:
+        cfg.monitor_every = a.monitor_every
+        monitor = train.make_knn_monitor(images, train_rows, prep.labels(train_rows),
+                                         prep.rows("val"), prep.labels(prep.rows("val")),
+                                         mean, std, a.image_size)
+    out = train.pretrain(images, train_rows, cfg, pre_dir, mean, std, monitor=monitor,
                          progress=False)
+    if "knn_auc" in out["log"]:
+        curve = out["log"].dropna(subset=["knn_auc"])
+        print(f"[{a.tag}] knn: " + " ".join(f"{int(s)}:{v:.3f}" for s, v in
+                                             zip(curve["step"], curve["knn_auc"])), flush=True)
+        print(f"[{a.tag}] linear: " + " ".join(f"{int(s)}:{v:.3f}" for s, v in
+                                                zip(curve["step"], curve["linear_auc"])), flush=True)
     t_pre = time.time() - t1
 
     t2 = time.time()
     res_dir = work / "results" / run_key
     experiments.run_linear_experiment(prep, images, {"moco": out["backbone"], "random": "random"},
                                       a.backbone, mean=mean, std=std, image_size=a.image_size,
-                                      out_dir=res_dir, n_boot=1000, seed=a.seed, progress=False)
+                                      out_dir=res_dir, n_boot=1000, seed=a.seed, progress=False,
+                                      standardize_on=a.standardize_on)
     deltas = experiments.compute_deltas(res_dir, "linear", a.backbone, n_boot=1000, seed=a.seed)
     t_probe = time.time() - t2
+    t_ft = 0.0
+    if a.finetune_epochs:
+        t3 = time.time()
+        inits = {"moco": out["backbone"]} if a.skip_random_finetune else {"moco": out["backbone"], "random": "random"}
+        ft = experiments.run_finetune_experiment(
+            prep, images, inits, a.backbone, mean=mean, std=std, image_size=a.image_size,
+            out_dir=res_dir, fractions=[float(f) for f in a.finetune_fractions.split(",")],
+            max_draws=1, max_epochs=a.finetune_epochs, n_boot=1000, seed=a.seed, device="cpu",
+            batch_size=a.finetune_batch, lr=a.finetune_lr, progress=False)
+        t_ft = time.time() - t3
+        ft = ft[ft["draw"] == experiments.MEAN_DRAW]
+        print(f"[{a.tag}] finetune ({t_ft:.0f}s): " + " | ".join(
+            f"{r.init} f={r.label_fraction:g}: {r.auc:.3f} [{r.ci_low:.3f},{r.ci_high:.3f}]"
+            for r in ft.itertuples()), flush=True)
     res = pd.read_csv(res_dir / "results.csv")
-    res = res[res["draw"] == experiments.MEAN_DRAW]
+    res = res[(res["draw"] == experiments.MEAN_DRAW) & (res["experiment"] == "linear")]
     summary = {"tag": a.tag, **{k: v for k, v in vars(a).items() if k not in ("tag", "workdir")},
                "n_train": len(train_rows), "n_test": len(prep.rows("test")),
                "prevalence_test": float(prep.labels(prep.rows("test")).mean()),
                "loss_last": float(out["log"]["loss"].dropna().iloc[-20:].mean()),
-               "t_data_s": round(t_data), "t_pretrain_s": round(t_pre), "t_probe_s": round(t_probe)}
+               "t_data_s": round(t_data), "t_pretrain_s": round(t_pre), "t_probe_s": round(t_probe),
+               "t_finetune_s": round(t_ft)}
     line = []
     for f in fractions:
         m = res[(res["init"] == "moco") & np.isclose(res["label_fraction"], f)]["auc"].item()

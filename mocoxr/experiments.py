@@ -144,6 +144,7 @@ def run_linear_experiment(prepared: Any, images: np.ndarray, backbones: Mapping[
                           max_draws: int | None = None, n_boot: int = 1000, seed: int = 0,
                           device: str = "cpu", batch_size: int = 64,
                           probe_kwargs: Mapping[str, Any] | None = None,
+                          standardize_on: str = "train_split",
                           progress: bool = True) -> pd.DataFrame:
     """Linear probe on frozen features for every (init, label fraction, draw).
 
@@ -151,12 +152,16 @@ def run_linear_experiment(prepared: Any, images: np.ndarray, backbones: Mapping[
     MoCo checkpoint}`` (e.g. ``{"moco": ".../backbone.pt", "imagenet": "imagenet"}``).
     Features of all manifest rows are extracted once per (dataset, backbone, init) and cached;
     the probe (``train.linear_probe``, C or epoch chosen on the val split) is fitted on each
-    subset's rows and scores the test split; predictions go to ``out_dir/predictions``; rows
+    subset's rows and scores the test split. ``standardize_on``: ``"train_split"`` fits the
+    feature scaler on every training-split image (unlabelled: no label is used), ``"labelled"``
+    on the subset's own rows only. Predictions go to ``out_dir/predictions``; rows
     (per draw and draw-averaged, see the module docstring) are upserted into
     ``out_dir/results.csv`` and returned.
     """
     out_dir = Path(out_dir)
     _check_inputs(prepared, images, backbones)
+    if standardize_on not in ("train_split", "labelled"):
+        raise ValueError(f"standardize_on must be 'train_split' or 'labelled', got {standardize_on!r}")
     val_rows, test_rows = prepared.rows("val"), prepared.rows("test")
     y_val, y_test = prepared.labels(val_rows), prepared.labels(test_rows)
     sweep = plan(prepared, fractions, max_draws)
@@ -166,13 +171,14 @@ def run_linear_experiment(prepared: Any, images: np.ndarray, backbones: Mapping[
                                  image_size, out_dir, batch_size=batch_size, device=device,
                                  seed=seed)
         val = (feats[val_rows], y_val) if len(val_rows) else None
+        pool = feats[prepared.rows("train")] if standardize_on == "train_split" else None
         for f, draws in sweep:
             scores, n_train = [], []
             for d in draws:
                 tr = prepared.subset_rows(f, d)
                 s = train.linear_probe(feats[tr], prepared.labels(tr), feats[test_rows],
                                        method=method, label_fraction=f, val=val, seed=seed + d,
-                                       **dict(probe_kwargs or {}))
+                                       unlabelled_X=pool, **dict(probe_kwargs or {}))
                 evaluate.save_predictions(out_dir / "predictions", experiment, backbone_name,
                                           init_name, f, d, test_rows, y_test, s)
                 scores.append(s)
@@ -191,10 +197,12 @@ def run_finetune_experiment(prepared: Any, images: np.ndarray, backbones: Mappin
                             fractions: Sequence[float] | None = None,
                             max_draws: int | None = None, max_epochs: int | None = None,
                             n_boot: int = 1000, seed: int = 0, device: str = "auto",
-                            batch_size: int = 16, augment: Mapping[str, Any] | None = None,
+                            batch_size: int = 16, lr: float = 1e-4,
+                            augment: Mapping[str, Any] | None = None,
                             overwrite: bool = False, progress: bool = True) -> pd.DataFrame:
     """End-to-end fine-tuning (``train.finetune``) for every (init, label fraction, draw),
-    with at most ``max_draws`` draws per fraction and ``max_epochs`` epochs (CPU budgets).
+    with at most ``max_draws`` draws per fraction and ``max_epochs`` epochs (CPU budgets), Adam
+    at ``lr`` (the paper: 1e-4).
 
     A model whose predictions exist and whose key (weights hash of the init, fine-tuning
     config, train rows) matches ``out_dir/finetune/<name>.json`` is not retrained unless
@@ -219,7 +227,7 @@ def run_finetune_experiment(prepared: Any, images: np.ndarray, backbones: Mappin
             for d in draws:
                 tr = prepared.subset_rows(f, d)
                 cfg = train.FinetuneConfig(image_size=image_size, batch_size=batch_size,
-                                           max_epochs=max_epochs, label_fraction=f,
+                                           lr=lr, max_epochs=max_epochs, label_fraction=f,
                                            seed=seed + d, device=device,
                                            augment=dict(augment or {}))
                 key = {"init": spec_key, "backbone": backbone_name,

@@ -139,8 +139,11 @@ class PhantomPopulation:
     pneumonia_given_consolidation: float = 0.35
 
     # --- effusion severity (0..1: blunting < 0.15 < meniscus < 0.5 < large) -------------------
-    effusion_severity_min: float = 0.02
-    effusion_severity_beta: tuple[float, float] = (0.9, 2.6)   # s = min + (1 - min) * Beta(a, b)
+    # s = min + (1 - min) * Beta(a, b): median ~0.42, 10% below ~0.15 (blunting), 10% above ~0.75.
+    # Was Beta(0.9, 2.6) (median ~0.22): most positives were trace blunting a 64 px model cannot
+    # see, and MoCo could not beat random init (book/methods.md, runs A-G against H).
+    effusion_severity_min: float = 0.03
+    effusion_severity_beta: tuple[float, float] = (1.6, 2.2)
     effusion_bilateral_prob: float = 0.45
     effusion_right_prob: float = 0.55       # side of a unilateral effusion
     effusion_contralateral_scale: tuple[float, float] = (0.35, 1.0)
@@ -149,7 +152,7 @@ class PhantomPopulation:
     effusion_unc_subtle: float = 0.35       # added * exp(-s / effusion_subtle_scale)
     effusion_blank_base: float = 0.04
     effusion_blank_subtle: float = 0.25
-    effusion_subtle_scale: float = 0.08
+    effusion_subtle_scale: float = 0.12     # was 0.08 with the older, subtler severities
     effusion_neg_absent: float = 0.24       # P(0.0 | absent)
     effusion_unc_absent: float = 0.015      # P(-1.0 | absent): a borderline call on a dry base
     effusion_unc_mimic: float = 0.05        # ... raised when a basal mimic is present

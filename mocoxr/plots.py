@@ -107,12 +107,14 @@ def count_bars(counts: pd.DataFrame, index: str, columns: Sequence[str], title: 
 # ----------------------------------------------------------------------------- pretraining
 
 
-def pretraining_curves(log: pd.DataFrame, monitor: str = "knn_auc", smooth: int = 20) -> plt.Figure:
-    """InfoNCE loss per step (raw and a running mean) and, when logged, the monitor metric."""
+def pretraining_curves(log: pd.DataFrame, monitor: str | Sequence[str] = ("knn_auc", "linear_auc"),
+                       smooth: int = 20) -> plt.Figure:
+    """InfoNCE loss per step (raw and a running mean) and, when logged, the monitor metrics."""
     if "loss" not in log or "step" not in log:
         raise ValueError(f"loss log needs columns step and loss, has {list(log.columns)}")
-    has_monitor = monitor in log and log[monitor].notna().any()
-    fig, axes = plt.subplots(1, 2 if has_monitor else 1, figsize=(10 if has_monitor else 5.5, 3.4),
+    names = [monitor] if isinstance(monitor, str) else list(monitor)
+    names = [m for m in names if m in log and log[m].notna().any()]
+    fig, axes = plt.subplots(1, 2 if names else 1, figsize=(10 if names else 5.5, 3.4),
                              squeeze=False)
     ax = axes[0, 0]
     loss = log.dropna(subset=["loss"])
@@ -124,14 +126,16 @@ def pretraining_curves(log: pd.DataFrame, monitor: str = "knn_auc", smooth: int 
     ax.set_ylabel("InfoNCE loss")
     ax.set_title("MoCo pretraining loss")
     ax.legend(fontsize=8)
-    if has_monitor:
-        m = log.dropna(subset=[monitor])
+    if names:
         ax2 = axes[0, 1]
-        ax2.plot(m["step"], m[monitor], "o-", color="C2")
+        for i, name in enumerate(names):
+            m = log.dropna(subset=[name])
+            ax2.plot(m["step"], m[name], "o-", color=f"C{i + 2}", label=name.replace("_", " "))
         ax2.axhline(0.5, color="0.7", lw=0.8, ls=":")
         ax2.set_xlabel("step")
-        ax2.set_ylabel(monitor.replace("_", " "))
+        ax2.set_ylabel("validation AUC")
         ax2.set_title("Representation quality during pretraining")
+        ax2.legend(fontsize=8)
     fig.tight_layout()
     return fig
 

@@ -96,7 +96,9 @@ class PretrainConfig:
                                       # before training and at the end; 0 = only then)
     checkpoint_every_steps: int | None = None  # ours: extra checkpoints inside an epoch
     amp: str = "auto"                 # ours: "auto" (bf16 autocast on CUDA only), "bf16", "off"
-    channels_last: str = "auto"       # ours: "auto" (on for CUDA), "on", "off"
+    channels_last: str = "auto"       # ours: "auto" (on for CUDA and CPU), "on", "off"; on the
+                                      # 2-core AVX2 CPU a ResNet18 step at 64 px took 0.64 s
+                                      # channels_last against 0.84-0.92 s without
     compile: bool = False             # ours: torch.compile the two encoders (nn.Module.compile)
     compile_backend: str = "inductor"  # ours: torch.compile backend ("aot_eager": quick, for tests)
 
@@ -117,6 +119,7 @@ class FinetuneConfig:
     augment: dict = field(default_factory=dict)  # overrides of augment.AugmentConfig fields
     eval_batch_size: int = 64
     amp: str = "auto"
+    channels_last: str = "auto"       # as PretrainConfig.channels_last
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -173,9 +176,10 @@ def _use_amp(setting: str, device: torch.device) -> bool:
 
 
 def _use_channels_last(setting: str, device: torch.device) -> bool:
+    """``auto``: on for CUDA (tensor cores) and CPU (oneDNN's NHWC convolutions), off elsewhere."""
     if setting not in ("auto", "on", "off"):
         raise ValueError(f"channels_last must be 'auto', 'on' or 'off', got {setting!r}")
-    return setting == "on" or (setting == "auto" and device.type == "cuda")
+    return setting == "on" or (setting == "auto" and device.type in ("cuda", "cpu"))
 
 
 def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
@@ -657,16 +661,21 @@ def knn_scores(train_X: np.ndarray, train_y: np.ndarray, test_X: np.ndarray, k: 
 
 def make_knn_monitor(images: np.ndarray, train_rows: np.ndarray, train_y: np.ndarray,
                      eval_rows: np.ndarray, eval_y: np.ndarray, mean: float, std: float,
-                     image_size: int, k: int = 20, batch_size: int = 64) -> Callable[[nn.Module], dict]:
-    """A pretraining monitor: k-NN AUC of ``eval`` rows against labelled ``train`` rows.
+                     image_size: int, k: int = 20, batch_size: int = 64,
+                     linear_C: float | None = 0.1) -> Callable[[nn.Module], dict]:
+    """A pretraining monitor: AUC on ``eval`` rows of read-outs fitted on labelled ``train`` rows.
 
-    Returns ``callable(encoder) -> {"knn_auc": float}``; features are extracted on the
-    encoder's own device, in eval mode, without augmentation.
+    Returns ``callable(encoder) -> {"knn_auc": float, "linear_auc": float}``: a cosine k-NN
+    vote and (unless ``linear_C`` is None) an L2 logistic regression with inverse regularisation
+    ``linear_C`` on standardised features. Features are extracted on the encoder's own device,
+    in eval mode, without augmentation.
     """
     train_y, eval_y = np.asarray(train_y), np.asarray(eval_y)
     for name, y in (("train_y", train_y), ("eval_y", eval_y)):
         if len(np.unique(y)) != 2:
             raise ValueError(f"{name} needs both classes 0 and 1 for an AUC")
+    if linear_C is not None and not linear_C > 0:
+        raise ValueError(f"linear_C must be > 0 or None, got {linear_C}")
     both = np.concatenate([np.asarray(train_rows), np.asarray(eval_rows)])
 
     def monitor(encoder: nn.Module) -> dict:
@@ -674,7 +683,12 @@ def make_knn_monitor(images: np.ndarray, train_rows: np.ndarray, train_y: np.nda
                                  batch_size=batch_size, device=None)
         n = len(train_rows)
         scores = knn_scores(feats[:n], train_y, feats[n:], k=k)
-        return {"knn_auc": float(roc_auc_score(eval_y, scores))}
+        out = {"knn_auc": float(roc_auc_score(eval_y, scores))}
+        if linear_C is not None:
+            scaler = StandardScaler().fit(feats[:n])
+            clf = LogisticRegression(C=linear_C, max_iter=2000).fit(scaler.transform(feats[:n]), train_y)
+            out["linear_auc"] = float(roc_auc_score(eval_y, clf.decision_function(scaler.transform(feats[n:]))))
+        return out
 
     return monitor
 
@@ -712,6 +726,7 @@ def linear_probe(train_X: np.ndarray, train_y: np.ndarray, test_X: np.ndarray,
                  Cs: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0), C: float = 1.0,
                  max_iter: int = 2000, epochs: int | None = None, batch_size: int = 16,
                  lr: float = 1e-4, standardize: bool | None = None,
+                 unlabelled_X: np.ndarray | None = None,
                  device: str | torch.device = "cpu", return_info: bool = False):
     """Fit a linear classifier on frozen features; return test scores (N_test,) in [0, 1].
 
@@ -720,8 +735,11 @@ def linear_probe(train_X: np.ndarray, train_y: np.ndarray, test_X: np.ndarray,
     ``adam`` (the paper's variant): one linear layer trained with Adam (``lr`` 1e-4,
     ``batch_size``, ``epochs`` = ``probe_epochs(label_fraction)`` unless given), BCE loss;
     with ``val`` the epoch with the best validation AUC is kept. ``standardize`` defaults to
-    True for logreg and False for adam (the paper feeds raw features). With ``return_info``
-    returns ``(scores, info dict)``.
+    True for logreg and False for adam (the paper feeds raw features). The scaler is fitted on
+    ``unlabelled_X`` when given (features of the whole training split: images are plentiful,
+    only labels are scarce), else on ``train_X``; a scaler fitted on the 2 rows of a 0.1%
+    subset scales every feature to +-1 and throws away which features vary. With
+    ``return_info`` returns ``(scores, info dict)``.
     """
     X, y = _check_xy(train_X, train_y, "train")
     T = np.asarray(test_X, dtype=np.float64)
@@ -735,8 +753,12 @@ def linear_probe(train_X: np.ndarray, train_y: np.ndarray, test_X: np.ndarray,
         raise ValueError(f"method must be 'logreg' or 'adam', got {method!r}")
     if standardize is None:
         standardize = method == "logreg"
+    if unlabelled_X is not None:
+        U = np.asarray(unlabelled_X, dtype=np.float64)
+        if U.ndim != 2 or U.shape[1] != X.shape[1] or len(U) < 2 or not np.isfinite(U).all():
+            raise ValueError(f"unlabelled_X must be finite (N >= 2, {X.shape[1]}), got {U.shape}")
     if standardize:
-        scaler = StandardScaler().fit(X)
+        scaler = StandardScaler().fit(U if unlabelled_X is not None else X)
         X, T = scaler.transform(X), scaler.transform(T)
         if val is not None:
             V = scaler.transform(V)
@@ -848,8 +870,11 @@ def finetune(backbone: str, init: str, images: np.ndarray, train_rows: np.ndarra
         raise ValueError(f"max_epochs must be >= 1, got {cfg.max_epochs}")
     device = resolve_device(cfg.device)
     use_amp = _use_amp(cfg.amp, device)
+    channels_last = _use_channels_last(cfg.channels_last, device)
     model = _replace_head(models.create_backbone(backbone, init=init, seed=cfg.seed), cfg.seed)
     model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     aug_cfg = augment.AugmentConfig(out_size=cfg.image_size, **cfg.augment)
     y_all = torch.as_tensor(train_y, dtype=torch.float32)
@@ -870,6 +895,8 @@ def finetune(backbone: str, init: str, images: np.ndarray, train_rows: np.ndarra
             torch.manual_seed(derive_seed(cfg.seed, epoch, b, 1))
             with torch.no_grad():
                 x = augment.to_model_input(augment.augment_batch(x, aug_cfg, gen), mean, std)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 logits = model(x).float().reshape(-1)
             loss = nn.functional.binary_cross_entropy_with_logits(logits, y_all[pos].to(device))

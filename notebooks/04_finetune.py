@@ -42,6 +42,7 @@ finetune = {  # mocoxr.experiments.run_finetune_experiment options
     "max_draws": 2,  # draws per fraction (the paper: all)
     "max_epochs": 3,  # cap on the paper's epoch rule (None: the rule)
     "batch_size": 16,
+    "lr": 1e-4,  # Adam learning rate (the paper: 1e-4)
     "augment": {},  # mocoxr.augment.AugmentConfig overrides
     "overwrite": False,  # retrain even when saved predictions match
 }

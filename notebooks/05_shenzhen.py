@@ -29,12 +29,14 @@ seed = 0
 device = "cpu"
 backbone = "resnet18"
 baseline = "random"  # "random" or "imagenet" (the paper)
-transfer_linear = {"method": "logreg", "fractions": None, "max_draws": None, "batch_size": 64, "probe_kwargs": {}}
+transfer_linear = {"method": "logreg", "fractions": None, "max_draws": None, "batch_size": 64, "probe_kwargs": {},
+                   "standardize_on": "train_split"}
 transfer_finetune = {
     "fractions": None,
     "max_draws": 2,
     "max_epochs": 3,
     "batch_size": 16,
+    "lr": 1e-4,
     "augment": {},
     "overwrite": False,
 }

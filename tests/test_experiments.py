@@ -1,5 +1,7 @@
 """Tests for mocoxr.experiments: linear / fine-tuning sweeps, results and deltas tables."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -102,13 +104,15 @@ def test_finetune_experiment_caps_draws_and_reuses_predictions(setup, monkeypatc
     kw = dict(mean=MEAN, std=STD, image_size=32, out_dir=out, experiment="shenzhen_finetune",
               fractions=[0.5], max_draws=1, max_epochs=1, n_boot=50, batch_size=8, device="cpu",
               progress=False)
-    res = experiments.run_finetune_experiment(prep, images, backbones, "resnet18", **kw)
+    res = experiments.run_finetune_experiment(prep, images, backbones, "resnet18", lr=3e-4, **kw)
     assert list(res.columns) == evaluate.RESULTS_COLUMNS
+    key = json.loads((out / "finetune" / "shenzhen_finetune__resnet18__moco__f0.5__d0.json").read_text())
+    assert key["config"]["lr"] == 3e-4  # the learning rate reaches FinetuneConfig and the cache key
     assert sorted(res["draw"]) == [-1, -1, 0, 0] and set(res["experiment"]) == {"shenzhen_finetune"}
     hist = pd.read_csv(out / "finetune" / "shenzhen_finetune__resnet18__moco__f0.5__d0__history.csv")
     assert list(hist["epoch"]) == [1]
     monkeypatch.setattr(train, "finetune", lambda *a, **k: pytest.fail("retrained"))
-    again = experiments.run_finetune_experiment(prep, images, backbones, "resnet18", **kw)
+    again = experiments.run_finetune_experiment(prep, images, backbones, "resnet18", lr=3e-4, **kw)
     pd.testing.assert_frame_equal(again, res)
     deltas = experiments.compute_deltas(out, "shenzhen_finetune", "resnet18", n_boot=50)
     assert len(deltas) == 1 and deltas["label_fraction"].item() == 0.5

@@ -84,10 +84,11 @@ def test_pretrain_notebook_records_loss_and_exports_torchvision_weights(tiny):
     assert g["steps"] == 3  # tiny: max_steps 3
     assert np.isfinite(g["loss_first"]) and np.isfinite(g["loss_last"]) and g["loss_first"] > 0
     assert 0 <= g["knn_first"] <= 1 and 0 <= g["knn_last"] <= 1
+    assert 0 <= g["linear_first"] <= 1 and 0 <= g["linear_last"] <= 1
     exported = book.run_paths(run_dir).moco_backbone("resnet18")
     torchvision.models.resnet18().load_state_dict(torch.load(exported, weights_only=True))
     log = pd.read_csv(exported.parent / "loss_log.csv")
-    assert log["step"].max() == 3 and "knn_auc" in log
+    assert log["step"].max() == 3 and {"knn_auc", "linear_auc"} <= set(log)
 
 
 def test_results_table(tiny):

@@ -223,6 +223,41 @@ def test_linear_probe_rejects_bad_input():
         train.linear_probe(X, y[:10], X)
 
 
+def test_probe_scaler_fitted_on_the_unlabelled_pool():
+    """With 2 labelled rows a scaler fitted on them maps every feature to +-1; fitted on the
+    unlabelled pool it keeps which features vary. The wiring: pool scaler == pre-scaled input."""
+    from sklearn.preprocessing import StandardScaler
+
+    pool, pool_y = easy_features(400, 3)
+    T, ty = easy_features(300, 2)
+    rows = np.array([int(np.flatnonzero(pool_y == 0)[0]), int(np.flatnonzero(pool_y == 1)[0])])
+    X, y = pool[rows], pool_y[rows]
+    s = train.linear_probe(X, y, T, unlabelled_X=pool, seed=0)
+    sc = StandardScaler().fit(pool)
+    ref = train.linear_probe(sc.transform(X), y, sc.transform(T), standardize=False, seed=0)
+    np.testing.assert_allclose(s, ref)
+    own = train.linear_probe(X, y, T, seed=0)  # scaler on the 2 rows: a different model
+    assert not np.allclose(s, own)
+    with pytest.raises(ValueError, match="unlabelled_X"):
+        train.linear_probe(X, y, T, unlabelled_X=pool[:, :5])
+
+
+def test_monitor_reports_knn_and_linear_auc():
+    X, y = easy_features(60, 0)
+    images = np.random.default_rng(0).integers(0, 255, size=(60, 32, 32), dtype=np.uint8)
+    images[y == 1, 20:, :] = 255  # a bright base: something a random encoder can see
+    rows = np.arange(60)
+    enc = models.encoder(models.create_backbone("resnet18", init="random", seed=0))
+    mon = train.make_knn_monitor(images, rows[:40], y[:40], rows[40:], y[40:], 0.5, 0.25, 32, k=5)
+    out = mon(enc)
+    assert set(out) == {"knn_auc", "linear_auc"} and all(0 <= v <= 1 for v in out.values())
+    assert out["linear_auc"] > 0.8
+    assert set(train.make_knn_monitor(images, rows[:40], y[:40], rows[40:], y[40:], 0.5, 0.25, 32,
+                                      linear_C=None)(enc)) == {"knn_auc"}
+    with pytest.raises(ValueError, match="linear_C"):
+        train.make_knn_monitor(images, rows[:40], y[:40], rows[40:], y[40:], 0.5, 0.25, 32, linear_C=0)
+
+
 def test_finetune_keeps_the_best_validation_epoch():
     images, y = tiny_images(40, seed=3)
     tr, va = np.arange(24), np.arange(24, 40)
