@@ -40,16 +40,18 @@ def truth_table(manifest_dir: Path) -> pd.DataFrame:
     return m
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, dict]:
+    """Print and return ``{init: {measure: value}}`` for every cached feature file of the run."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("results_dir", type=Path)
     p.add_argument("manifest_dir", type=Path)
-    a = p.parse_args()
+    a = p.parse_args(argv)
     m = truth_table(a.manifest_dir)
     train = (m["split"] == "train").to_numpy()
     files = sorted((a.results_dir / "features").glob("chexpert__*.npy"))
     if not files:
         raise FileNotFoundError(f"{a.results_dir / 'features'}: no cached chexpert features")
+    report = {}
     for f in files:
         X = np.load(f)
         if len(X) != len(m):
@@ -66,7 +68,9 @@ def main() -> None:
             pred = cross_val_predict(LogisticRegression(C=0.1, max_iter=2000), X, y, cv=3,
                                      method="predict_proba")[:, 1]
             out[f"AUC {col}"] = round(float(roc_auc_score(y, pred)), 3)
+        report[f.stem.split("__")[2]] = out
         print(f.stem.split("__")[2], out)
+    return report
 
 
 if __name__ == "__main__":

@@ -37,6 +37,32 @@ def test_bench_pretrain_smoke(tmp_path, capsys):
     assert "| resnet18 | 4 |" in out and "reference img/s" in out
 
 
+def test_feature_diagnostic_reads_truth_aligned_with_the_feature_rows(tmp_path):
+    """The truth table follows the manifest's row order (the order of the cached features), and
+    features that carry the effusion severity read out well while pure noise does not."""
+    import numpy as np
+
+    from mocoxr import data, phantom
+
+    folder = phantom.generate_chexpert_tree(tmp_path / "data", n_patients=40, image_size=64,
+                                            n_valid_patients=6, seed=0)
+    prep = data.prepare_chexpert(folder, tmp_path / "manifests", fractions=(1.0,), draws=(1,))
+    diag = _load("feature_diagnostic")
+    truth = diag.truth_table(tmp_path / "manifests")
+    rng = np.random.default_rng(0)
+    noise = rng.normal(size=(len(truth), 8))
+    planted = noise.copy()
+    planted[:, 0] = truth["effusion"].to_numpy() + 0.05 * rng.normal(size=len(truth))
+    (tmp_path / "run" / "features").mkdir(parents=True)
+    np.save(tmp_path / "run" / "features" / "chexpert__resnet18__planted__64px.npy", planted)
+    np.save(tmp_path / "run" / "features" / "chexpert__resnet18__noise__64px.npy", noise)
+    report = diag.main([str(tmp_path / "run"), str(tmp_path / "manifests")])
+    assert list(truth["path"]) == list(prep.manifest["path"])
+    assert truth["effusion"].between(0, 1).all() and truth["effusion"].gt(0).any()
+    assert report["planted"]["R2 effusion"] > 0.8
+    assert report["noise"]["R2 effusion"] < 0.2
+
+
 def test_bench_reference_transform_is_the_moco_cxr_pipeline():
     bench = _load("bench_pretrain")
     names = [type(t).__name__ for t in bench.reference_transform(32, 0.5, 0.25).transforms]
