@@ -685,9 +685,8 @@ def make_knn_monitor(images: np.ndarray, train_rows: np.ndarray, train_y: np.nda
         scores = knn_scores(feats[:n], train_y, feats[n:], k=k)
         out = {"knn_auc": float(roc_auc_score(eval_y, scores))}
         if linear_C is not None:
-            scaler = StandardScaler().fit(feats[:n])
-            clf = LogisticRegression(C=linear_C, max_iter=2000).fit(scaler.transform(feats[:n]), train_y)
-            out["linear_auc"] = float(roc_auc_score(eval_y, clf.decision_function(scaler.transform(feats[n:]))))
+            probs = linear_probe(feats[:n], train_y, feats[n:], method="logreg", C=linear_C)
+            out["linear_auc"] = float(roc_auc_score(eval_y, probs))
         return out
 
     return monitor
