@@ -246,18 +246,54 @@ def bench_reference(d: dict, backbone: str, batch: int, args, device: torch.devi
 
 
 def bench_features(d: dict, backbone: str, args, device: torch.device) -> dict:
-    net = moco.MoCo(backbone, init="random", queue_size=16, seed=0).encoder_q
+    """``train.extract_features`` as the notebooks call it (channels_last auto) and, side by
+    side on the same rows, with NCHW tensors (``channels_last="off"``)."""
     rows = tiled_rows(np.arange(len(d["images"])), args.feature_images, seed=2)
     kw = dict(mean=d["mean"], std=d["std"], image_size=args.size,
               batch_size=args.feature_batch, device=device)
-    train.extract_features(net, d["images"], rows[: 2 * args.feature_batch], **kw)  # warm-up
-    sync(device)
-    t0 = time.perf_counter()
-    feats = train.extract_features(net, d["images"], rows, **kw)
-    sync(device)
-    dt = time.perf_counter() - t0
-    return {"images_per_s": len(rows) / dt, "images": len(rows), "seconds": dt,
-            "dim": int(feats.shape[1])}
+    out: dict = {"images": len(rows)}
+    for label, setting in (("nchw", "off"), ("default", "auto")):
+        net = moco.MoCo(backbone, init="random", queue_size=16, seed=0).encoder_q
+        train.extract_features(net, d["images"], rows[: 2 * args.feature_batch],
+                               channels_last=setting, **kw)  # warm-up
+        sync(device)
+        t0 = time.perf_counter()
+        feats = train.extract_features(net, d["images"], rows, channels_last=setting, **kw)
+        sync(device)
+        dt = time.perf_counter() - t0
+        key = "images_per_s" if label == "default" else "images_per_s_nchw"
+        out.update({key: len(rows) / dt, f"seconds_{label}": dt, "dim": int(feats.shape[1])})
+    out["default_over_nchw"] = out["images_per_s"] / out["images_per_s_nchw"]
+    return out
+
+
+def bench_loaders(d: dict, batch: int, args, device: torch.device) -> dict:
+    """The data paths alone, no model: how many images/s each can supply at most.
+
+    ``fast``: the fast path's prefetch function (cache rows -> uint8 tensor, pinned on CUDA),
+    one thread, as ``train.pretrain`` runs it; the augmentations then run batched on the device.
+    ``reference``: the reference DataLoader (PIL decode + two torchvision views per image in
+    ``--workers`` processes), iterated without a model. When the reference's model step is
+    faster than its loader, the reference is bound by its data path.
+    """
+    warmup, steps = max(1, args.warmup), max(1, args.steps)
+    rows = tiled_rows(d["train_rows"], (warmup + steps) * batch, seed=3)
+    pin = device.type == "cuda"
+    for i in range(warmup + steps):
+        if i == warmup:
+            t0 = time.perf_counter()
+        train._load_batch(d["images"], rows[i * batch:(i + 1) * batch], pin)
+    fast = steps * batch / (time.perf_counter() - t0)
+    ds = JpegDataset(d["paths"][rows], TwoCropsTransform(
+        reference_transform(args.size, d["mean"], d["std"])))
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True,
+                                         num_workers=args.workers, pin_memory=pin, drop_last=True)
+    for i, _ in enumerate(loader):
+        if i == warmup - 1:  # the clock starts once the warm-up batches have arrived
+            t0 = time.perf_counter()
+    ref = (len(loader) - warmup) * batch / (time.perf_counter() - t0)
+    return {"fast_images_per_s": fast, "reference_images_per_s": ref,
+            "reference_workers": args.workers, "batch": batch}
 
 
 def bench_probe(d: dict, backbone: str, args, device: torch.device, work: Path) -> dict:
@@ -305,6 +341,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compile-backend", default="inductor", dest="compile_backend")
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--skip-fast", action="store_true")
+    p.add_argument("--skip-loaders", action="store_true",
+                   help="skip the data-path-only rows (no model)")
     p.add_argument("--skip-features", action="store_true")
     p.add_argument("--skip-probe", action="store_true")
     p.add_argument("--work", default=str(ROOT / "runs" / "bench"), help="scratch folder")
@@ -371,10 +409,12 @@ def _main(args: argparse.Namespace, argv) -> dict:
             steps.append(("fast_compiled",
                           lambda: bench_fast(d, backbone, batch, args, device, work, True)))
         steps.append(("reference", lambda: bench_reference(d, backbone, batch, args, device)))
+        steps.append(("loaders", lambda: bench_loaders(d, batch, args, device)))
         steps.append(("features", lambda: bench_features(d, backbone, args, device)))
         steps.append(("probe_sweep", lambda: bench_probe(d, backbone, args, device, work)))
         skip = {"fast": args.skip_fast, "fast_compiled": args.skip_fast,
-                "reference": args.skip_reference, "features": args.skip_features,
+                "reference": args.skip_reference, "loaders": args.skip_loaders,
+                "features": args.skip_features,
                 "probe_sweep": args.skip_probe}
         for name, fn in steps:
             if skip[name]:
@@ -391,8 +431,9 @@ def _main(args: argparse.Namespace, argv) -> dict:
         result["backbones"][backbone] = r
     result["load_after"] = load_average()
 
-    print(f"\n| backbone | batch | fast path img/s | reference img/s | ratio | features img/s "
-          f"| probe sweep s |\n|---|---|---|---|---|---|---|")
+    print(f"\n| backbone | batch | fast path img/s | reference img/s | ratio | loaders img/s "
+          f"(fast / reference, no model) | features img/s (NCHW) | probe sweep s |\n"
+          f"|---|---|---|---|---|---|---|---|")
     for backbone, r in result["backbones"].items():
         fast_s = fmt(r.get("fast", {}).get("images_per_s"))
         if "fast_compiled" in r:
@@ -400,7 +441,10 @@ def _main(args: argparse.Namespace, argv) -> dict:
         ratio = "n/a" if r["ratio"] is None else f"{r['ratio']:.2f}x"
         print(f"| {backbone} | {r['batch']} | {fast_s} | "
               f"{fmt(r.get('reference', {}).get('images_per_s'))} | {ratio} | "
-              f"{fmt(r.get('features', {}).get('images_per_s'))} | "
+              f"{fmt(r.get('loaders', {}).get('fast_images_per_s'))} / "
+              f"{fmt(r.get('loaders', {}).get('reference_images_per_s'))} | "
+              f"{fmt(r.get('features', {}).get('images_per_s'))} "
+              f"({fmt(r.get('features', {}).get('images_per_s_nchw'))}) | "
               f"{fmt(r.get('probe_sweep', {}).get('seconds'))} |")
     print(f"# load average before {result['load_before']}, after {result['load_after']}",
           flush=True)

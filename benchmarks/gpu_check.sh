@@ -7,7 +7,8 @@
 #    augmentations on the GPU) and a real `torchrun --nproc_per_node 2` launch of
 #    mocoxr.distributed (gloo, CPU processes);
 # 2. the benchmark at the paper's resolution: ResNet18 (batch 256) and DenseNet121 (batch 128)
-#    at 320 px, fast path vs the MoCo-CXR reference loop, feature extraction, probe sweep;
+#    at 320 px, fast path vs the MoCo-CXR reference loop, the two data paths alone, feature extraction
+#    (channels-last and NCHW), probe sweep;
 # 3. the fast path of ResNet18 compiled with inductor (torch.compile).
 # Logs and JSON go to $OUT (the device tool's output folder) or runs/gpu_check; copy the
 # figures into benchmarks/README.md with the date and the device line the log starts with.
@@ -41,7 +42,7 @@ timeout 330 $PY benchmarks/bench_pretrain.py --preset h100 --work /tmp/mocoxr_be
 
 step "3. fast path compiled (inductor), ResNet18 (expect ~1-2 min)"
 timeout 240 $PY benchmarks/bench_pretrain.py --preset h100 --backbones resnet18 --compile \
-    --skip-reference --skip-features --skip-probe --work /tmp/mocoxr_bench \
+    --skip-reference --skip-loaders --skip-features --skip-probe --work /tmp/mocoxr_bench \
     --json "$OUT/bench_h100_compile.json" || status=1
 
 step "done, status $status"

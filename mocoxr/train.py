@@ -39,7 +39,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -222,6 +222,33 @@ def _load_batch(images: np.ndarray, idx: np.ndarray, pin: bool) -> torch.Tensor:
     """uint8 (B, H, W) tensor of the given cache rows (read in sorted order: memmap friendly)."""
     x = torch.from_numpy(np.ascontiguousarray(images[np.sort(idx)]))
     return x.pin_memory() if pin else x
+
+
+def _is_channels_last(model: nn.Module) -> bool:
+    """Whether the model's first convolution weight is stored channels-last."""
+    w = next((p for p in model.parameters() if p.dim() == 4), None)
+    return w is not None and w.is_contiguous(memory_format=torch.channels_last) \
+        and not w.is_contiguous()
+
+
+def _ordered_batches(images: np.ndarray, rows: np.ndarray, batch_size: int,
+                     device: torch.device) -> Iterator[torch.Tensor]:
+    """uint8 (B, 1, H, W) batches of ``rows`` in order, on ``device``; the next one is read
+    (and pinned, on CUDA) in a background thread while the caller uses this one."""
+    pin = device.type == "cuda"
+
+    def load(i: int) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(images[rows[i:i + batch_size]]))
+        return x.pin_memory() if pin else x
+
+    starts = range(0, len(rows), batch_size)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(load, starts[0]) if len(starts) else None
+        for j in range(len(starts)):
+            x = pending.result().to(device, non_blocking=True)
+            if j + 1 < len(starts):
+                pending = pool.submit(load, starts[j + 1])
+            yield x.unsqueeze(1)
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -600,7 +627,7 @@ def extract_features(model: nn.Module | Callable[[], nn.Module], images: np.ndar
                      rows: np.ndarray, mean: float, std: float, image_size: int,
                      batch_size: int = 64, device: str | torch.device | None = "cpu",
                      cache_file: str | Path | None = None, key: str | None = None,
-                     progress: bool = False) -> np.ndarray:
+                     progress: bool = False, channels_last: str = "auto") -> np.ndarray:
     """Frozen-encoder features (len(rows), D) float32 of cache rows, resized to ``image_size``.
 
     ``model``: a MoCo model, a torchvision model (its classifier is dropped) or an encoder, or a
@@ -608,12 +635,15 @@ def extract_features(model: nn.Module | Callable[[], nn.Module], images: np.ndar
     (``None``: where the model already is; ``"auto"``: cuda when available). With ``cache_file``
     (``.npy``) the result is stored with a JSON sidecar keyed by ``key`` (default: a hash of the
     model's weights), the rows, ``image_size``, mean and std, and reused when they match.
-    The model's train/eval mode is restored afterwards.
+    ``channels_last``: as ``PretrainConfig.channels_last`` (``auto``: on for CUDA and CPU; the
+    encoder is converted in place, like ``.to(device)``). The next batch is read from the cache
+    (pinned on CUDA) while this one runs. The model's train/eval mode is restored afterwards.
     """
     rows = _check_images(images, rows)
     _check_norm(mean, std)
     if batch_size < 1 or image_size < 1:
         raise ValueError(f"batch_size and image_size must be >= 1, got {batch_size}, {image_size}")
+    _use_channels_last(channels_last, torch.device("cpu"))  # a bad setting fails before the cache
     if cache_file is not None:
         if not isinstance(model, nn.Module) and key is None:
             raise ValueError("a lazily built model needs an explicit cache key")
@@ -627,15 +657,19 @@ def extract_features(model: nn.Module | Callable[[], nn.Module], images: np.ndar
     if device is None:
         device = next(enc.parameters()).device
     device = resolve_device(device)
+    nhwc = _use_channels_last(channels_last, device)
     was_training = enc.training
     enc.to(device).eval()
+    if nhwc:
+        enc.to(memory_format=torch.channels_last)
     chunks = []
     try:
-        for i in tqdm(range(0, len(rows), batch_size), disable=not progress, desc="features"):
-            idx = rows[i:i + batch_size]
-            x = torch.from_numpy(np.ascontiguousarray(images[idx])).to(device)
+        for x in tqdm(_ordered_batches(images, rows, batch_size, device),
+                      total=-(-len(rows) // batch_size), disable=not progress, desc="features"):
             x = augment.to_model_input(augment.resize_batch(x, image_size), mean, std)
-            chunks.append(enc(x).float().reshape(len(idx), -1).cpu())
+            if nhwc:
+                x = x.contiguous(memory_format=torch.channels_last)
+            chunks.append(enc(x).float().reshape(x.shape[0], -1).cpu())
     finally:
         enc.train(was_training)
     feats = (torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), np.float32)).astype(np.float32)
@@ -680,7 +714,8 @@ def make_knn_monitor(images: np.ndarray, train_rows: np.ndarray, train_y: np.nda
 
     def monitor(encoder: nn.Module) -> dict:
         feats = extract_features(encoder, images, both, mean, std, image_size,
-                                 batch_size=batch_size, device=None)
+                                 batch_size=batch_size, device=None,  # the training model's
+                                 channels_last="on" if _is_channels_last(encoder) else "off")
         n = len(train_rows)
         scores = knn_scores(feats[:n], train_y, feats[n:], k=k)
         out = {"knn_auc": float(roc_auc_score(eval_y, scores))}
@@ -831,9 +866,11 @@ def predict(model: nn.Module, images: np.ndarray, rows: np.ndarray, mean: float,
     device = next(model.parameters()).device
     model.eval()
     out = []
-    for i in range(0, len(rows), batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(images[rows[i:i + batch_size]])).to(device)
+    nhwc = _is_channels_last(model)  # inputs in the model's own memory format
+    for x in _ordered_batches(images, rows, batch_size, device):
         x = augment.to_model_input(augment.resize_batch(x, image_size), mean, std)
+        if nhwc:
+            x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             out.append(torch.sigmoid(model(x).float().reshape(-1)).cpu())
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)

@@ -31,10 +31,12 @@ def test_bench_pretrain_smoke(tmp_path, capsys):
     assert r["batch"] == 4 and r["fast"]["timed_steps"] == 1 and r["reference"]["timed_steps"] == 1
     assert r["fast"]["images_per_s"] > 0 and r["reference"]["images_per_s"] > 0 and r["ratio"] > 0
     assert r["features"]["dim"] == 512 and r["features"]["images"] == 16
+    assert r["features"]["images_per_s_nchw"] > 0 and r["features"]["default_over_nchw"] > 0
+    assert r["loaders"]["fast_images_per_s"] > 0 and r["loaders"]["reference_images_per_s"] > 0
     assert r["probe_sweep"]["probes"] == 16 and r["probe_sweep"]["fractions"] == [0.001, 0.01, 0.1, 1.0]
     assert json.loads((tmp_path / "r.json").read_text())["device"] == res["device"]
     out = capsys.readouterr().out
-    assert "| resnet18 | 4 |" in out and "reference img/s" in out
+    assert "| resnet18 | 4 |" in out and "reference img/s" in out and "loaders img/s" in out
 
 
 def test_feature_diagnostic_reads_truth_aligned_with_the_feature_rows(tmp_path):

@@ -167,6 +167,35 @@ def test_extract_features_cache_is_reused_and_keyed(tmp_path, monkeypatch):
     assert built == [1]
 
 
+def test_extract_features_keeps_row_order_and_channels_last_matches_nchw():
+    """Rows come back in the order asked (unsorted, a ragged last batch), channels-last and
+    NCHW give the same features, and a bad setting is refused before any work."""
+    model = models.create_backbone("resnet18", "random", seed=0)
+    rows = np.array([7, 2, 19, 0, 11, 5, 23])
+    nchw = train.extract_features(model, IMAGES, rows, MEAN, STD, 32, batch_size=3,
+                                  channels_last="off")
+    assert not train._is_channels_last(model)
+    nhwc = train.extract_features(model, IMAGES, rows, MEAN, STD, 32, batch_size=3,
+                                  channels_last="on")
+    assert train._is_channels_last(model)  # converted in place, like .to(device)
+    np.testing.assert_allclose(nhwc, nchw, rtol=1e-4, atol=1e-5)
+    one_by_one = np.concatenate([train.extract_features(model, IMAGES, [r], MEAN, STD, 32,
+                                                        channels_last="off") for r in rows])
+    np.testing.assert_allclose(nchw, one_by_one, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="channels_last"):
+        train.extract_features(model, IMAGES, rows, MEAN, STD, 32, channels_last="nhwc")
+
+
+def test_predict_feeds_a_channels_last_model_and_scores_like_nchw():
+    model = train._replace_head(models.create_backbone("resnet18", "random", seed=0), seed=0)
+    rows = np.array([3, 1, 2, 0, 9])
+    a = train.predict(model, IMAGES, rows, MEAN, STD, 32, batch_size=2)
+    b = train.predict(model.to(memory_format=torch.channels_last), IMAGES, rows, MEAN, STD, 32,
+                      batch_size=2)
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+    assert a.shape == (5,) and np.unique(a).size == 5  # five different images, in order
+
+
 def test_probe_epochs_follow_the_paper_rule():
     assert [train.probe_epochs(f) for f in (1.0, 0.1, 0.01, 0.001)] == [5, 23, 107, 500]
     assert [train.probe_epochs(f) for f in (0.25, 0.0625)] == [12, 31]
@@ -250,6 +279,7 @@ def test_monitor_reports_knn_and_linear_auc():
     enc = models.encoder(models.create_backbone("resnet18", init="random", seed=0))
     mon = train.make_knn_monitor(images, rows[:40], y[:40], rows[40:], y[40:], 0.5, 0.25, 32, k=5)
     out = mon(enc)
+    assert not train._is_channels_last(enc)  # the monitor keeps the training model's format
     assert set(out) == {"knn_auc", "linear_auc"} and all(0 <= v <= 1 for v in out.values())
     assert out["linear_auc"] > 0.8
     assert set(train.make_knn_monitor(images, rows[:40], y[:40], rows[40:], y[40:], 0.5, 0.25, 32,
