@@ -121,6 +121,20 @@ def tiled_rows(rows: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     return np.concatenate([rng.permutation(rows) for _ in range(reps)])[:n].astype(np.int64)
 
 
+def step_flops_per_image(backbone: str, size: int, queue: int) -> float:
+    """Matrix FLOPs of one MoCo training step per image, as ``FlopCounterMode`` counts them
+    (convolutions and matrix products; not batch norm or elementwise work): query encoder
+    forward + backward, key encoder forward, the queue logits. Counted on the CPU, batch 2."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = moco.MoCo(backbone, init="random", queue_size=queue, seed=0).train()
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with FlopCounterMode(display=False) as counter:
+        loss, _ = model(x, x.flip(-1))
+        loss.backward()
+    return counter.get_total_flops() / 2
+
+
 # ----------------------------------------------------------------------------- (a) fast path
 
 
@@ -403,7 +417,8 @@ def _main(args: argparse.Namespace, argv) -> dict:
 
     for backbone in args.backbones.split(","):
         batch = args.batch_for[backbone]
-        r: dict = {"batch": batch}
+        r: dict = {"batch": batch,
+                   "step_flops_per_image": step_flops_per_image(backbone, args.size, args.queue)}
         steps = [("fast", lambda: bench_fast(d, backbone, batch, args, device, work))]
         if args.compile:
             steps.append(("fast_compiled",
@@ -425,6 +440,9 @@ def _main(args: argparse.Namespace, argv) -> dict:
                 r[name] = {"error": f"out of memory: {str(err)[:120]}"}
                 torch.cuda.empty_cache()
             print(f"  {backbone:12s} {name:14s} {json.dumps(r[name], default=float)}", flush=True)
+        for name in ("fast", "fast_compiled", "reference"):
+            if r.get(name, {}).get("images_per_s"):  # achieved matrix TFLOP/s
+                r[name]["tflops"] = r[name]["images_per_s"] * r["step_flops_per_image"] / 1e12
         fast = r.get("fast", {}).get("images_per_s")
         ref = r.get("reference", {}).get("images_per_s")
         r["ratio"] = fast / ref if fast and ref else None
@@ -446,6 +464,11 @@ def _main(args: argparse.Namespace, argv) -> dict:
               f"{fmt(r.get('features', {}).get('images_per_s'))} "
               f"({fmt(r.get('features', {}).get('images_per_s_nchw'))}) | "
               f"{fmt(r.get('probe_sweep', {}).get('seconds'))} |")
+    for backbone, r in result["backbones"].items():
+        tf = ", ".join(f"{n} {r[n]['tflops']:.2f}" for n in ("fast", "fast_compiled", "reference")
+                       if "tflops" in r.get(n, {}))
+        print(f"# {backbone}: {r['step_flops_per_image'] / 1e9:.2f} GFLOP per image per MoCo step "
+              f"(matrix FLOPs, FlopCounterMode){'; achieved TFLOP/s: ' + tf if tf else ''}")
     print(f"# load average before {result['load_before']}, after {result['load_after']}",
           flush=True)
     if args.json:

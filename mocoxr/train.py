@@ -50,6 +50,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from mocoxr import augment, models, moco
@@ -180,6 +181,15 @@ def _use_channels_last(setting: str, device: torch.device) -> bool:
     if setting not in ("auto", "on", "off"):
         raise ValueError(f"channels_last must be 'auto', 'on' or 'off', got {setting!r}")
     return setting == "on" or (setting == "auto" and device.type in ("cuda", "cpu"))
+
+
+def adam(params: list[nn.Parameter], lr: float, weight_decay: float,
+         device: torch.device) -> torch.optim.Adam:
+    """Adam with the fused single-kernel update on CPU and CUDA; the maths is Adam's. On the
+    2-core CPU an update of a ResNet18's parameters took 17 ms fused against 63-145 ms
+    per-tensor with one thread (13 against 40-86 ms with two)."""
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay,
+                            fused=device.type in ("cpu", "cuda") or None)
 
 
 def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
@@ -433,8 +443,8 @@ def pretrain(images: np.ndarray, rows: np.ndarray, cfg: PretrainConfig, out_dir:
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
-                                 lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = adam([p for p in model.parameters() if p.requires_grad], cfg.lr,
+                     cfg.weight_decay, device)
     step, log, saved_step = 0, [], -1
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -509,7 +519,8 @@ def pretrain(images: np.ndarray, rows: np.ndarray, cfg: PretrainConfig, out_dir:
         if step < total:
             next_batch = pool.submit(_load_batch, images, batch_rows(step), pin)
         while step < total:
-            x = next_batch.result().to(device, non_blocking=True)
+            with record_function("mocoxr.wait_batch"):  # named ranges for torch.profiler
+                x = next_batch.result().to(device, non_blocking=True)
             if step + 1 < total:
                 next_batch = pool.submit(_load_batch, images, batch_rows(step + 1), pin)
             # every random draw of this step derives from (seed, step)
@@ -519,21 +530,24 @@ def pretrain(images: np.ndarray, rows: np.ndarray, cfg: PretrainConfig, out_dir:
             gen = torch.Generator()
             gen.manual_seed(derive_seed(cfg.seed, step, 2) if world == 1
                             else derive_seed(cfg.seed, step, 2, rank))
-            with torch.no_grad():
+            with torch.no_grad(), record_function("mocoxr.augment"):
                 im_q = augment.to_model_input(augment.augment_batch(x, aug_cfg, gen), mean, std)
                 im_k = augment.to_model_input(augment.augment_batch(x, aug_cfg, gen), mean, std)
-            if channels_last:
-                im_q = im_q.contiguous(memory_format=torch.channels_last)
-                im_k = im_k.contiguous(memory_format=torch.channels_last)
+                if channels_last:
+                    im_q = im_q.contiguous(memory_format=torch.channels_last)
+                    im_k = im_k.contiguous(memory_format=torch.channels_last)
             lr = lr_at(cfg, step, total)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp), \
+                    record_function("mocoxr.forward"):
                 loss, _ = net(im_q, im_k)  # momentum update + enqueue happen inside MoCo
             loss, mean_loss = distributed_loss(loss, x.shape[0], cfg.batch_size)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            with record_function("mocoxr.backward"):
+                loss.backward()
+            with record_function("mocoxr.optimizer"):
+                optimizer.step()
 
             step += 1
             row = {"step": step, "epoch": (step - 1) // spe, "loss": float("nan"), "lr": lr}
@@ -911,7 +925,7 @@ def finetune(backbone: str, init: str, images: np.ndarray, train_rows: np.ndarra
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = adam(list(model.parameters()), cfg.lr, cfg.weight_decay, device)
     aug_cfg = augment.AugmentConfig(out_size=cfg.image_size, **cfg.augment)
     y_all = torch.as_tensor(train_y, dtype=torch.float32)
 

@@ -75,5 +75,31 @@ def test_bench_reference_transform_is_the_moco_cxr_pipeline():
     assert bench.parse_args(["--preset", "h100", "--batch", "64"]).batch_for["densenet121"] == 64
 
 
+def test_profile_step_reports_every_phase_of_the_profiled_steps(tmp_path, capsys):
+    prof = _load("profile_step")
+    report = prof.main(["--size", "32", "--batch", "4", "--warmup", "1", "--steps", "2",
+                        "--patients", "30", "--queue", "64", "--workers", "1",
+                        "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")])
+    assert set(report["phases"]) == set(prof.PHASES)
+    assert all(p["count"] == 2 and p["cpu_ms"] > 0 for p in report["phases"].values())
+    assert report["images_per_s_profiled"] > 0
+    text = (tmp_path / "out" / "profile_resnet18.txt").read_text()
+    assert "mocoxr.backward" in text and "aten::convolution_backward" in text
+    assert json.loads((tmp_path / "out" / "profile_resnet18.json").read_text())["batch"] == 4
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit):
+        prof.parse_args(["--out", str(tmp_path / "file")])
+    assert "not a folder" in capsys.readouterr().err
+
+
+def test_bench_counts_the_matrix_flops_of_a_moco_step():
+    """ResNet18 at 32 px: 3 forward passes' worth (query forward + backward, key forward) of
+    the 7x7/3x3 convolutions; a larger image costs in proportion to its pixels."""
+    bench = _load("bench_pretrain")
+    small, large = (bench.step_flops_per_image("resnet18", s, 64) for s in (32, 64))
+    assert 0.2e9 < small < 0.4e9  # 2 * 0.0372 GMAC (ResNet18 fwd at 32 px) * ~3.9
+    assert large / small == pytest.approx(4.0, rel=0.02)
+
+
 def test_gpu_check_script_parses():
     subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_check.sh")], check=True)
