@@ -228,9 +228,11 @@ def _check_norm(mean: float, std: float) -> None:
         raise ValueError(f"mean and std must be finite with std > 0, got mean={mean}, std={std}")
 
 
-def _load_batch(images: np.ndarray, idx: np.ndarray, pin: bool) -> torch.Tensor:
-    """uint8 (B, H, W) tensor of the given cache rows (read in sorted order: memmap friendly)."""
-    x = torch.from_numpy(np.ascontiguousarray(images[np.sort(idx)]))
+def _load_batch(images: np.ndarray, idx: np.ndarray, pin: bool,
+                in_order: bool = False) -> torch.Tensor:
+    """uint8 (B, H, W) tensor of the given cache rows, pinned when ``pin``; read in sorted
+    order (memmap friendly) unless ``in_order``."""
+    x = torch.from_numpy(np.ascontiguousarray(images[idx if in_order else np.sort(idx)]))
     return x.pin_memory() if pin else x
 
 
@@ -246,18 +248,13 @@ def _ordered_batches(images: np.ndarray, rows: np.ndarray, batch_size: int,
     """uint8 (B, 1, H, W) batches of ``rows`` in order, on ``device``; the next one is read
     (and pinned, on CUDA) in a background thread while the caller uses this one."""
     pin = device.type == "cuda"
-
-    def load(i: int) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(images[rows[i:i + batch_size]]))
-        return x.pin_memory() if pin else x
-
-    starts = range(0, len(rows), batch_size)
+    batches = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(load, starts[0]) if len(starts) else None
-        for j in range(len(starts)):
+        pending = pool.submit(_load_batch, images, batches[0], pin, True) if batches else None
+        for j in range(len(batches)):
             x = pending.result().to(device, non_blocking=True)
-            if j + 1 < len(starts):
-                pending = pool.submit(load, starts[j + 1])
+            if j + 1 < len(batches):
+                pending = pool.submit(_load_batch, images, batches[j + 1], pin, True)
             yield x.unsqueeze(1)
 
 
