@@ -42,6 +42,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -138,37 +139,50 @@ def step_flops_per_image(backbone: str, size: int, queue: int) -> float:
 # ----------------------------------------------------------------------------- (a) fast path
 
 
-def bench_fast(d: dict, backbone: str, batch: int, args, device: torch.device, work: Path,
-               compile_: bool = False) -> dict:
-    """Steady-state images/s of ``train.pretrain`` (one run, clock read by a monitor)."""
-    warmup, steps = max(1, args.warmup), max(1, args.steps)
-    every = math.gcd(warmup, steps)  # the monitor runs at step 0, every `every` steps, the end
+def run_fast_path(d: dict, backbone: str, batch: int, size: int, queue: int, warmup: int,
+                  steps: int, device: torch.device, out: Path,
+                  on_step: Callable[[int], None], compile_: bool = False,
+                  compile_backend: str = "inductor") -> float:
+    """``train.pretrain`` for ``warmup + steps`` steps on tiled training rows, calling
+    ``on_step(step)`` (device synchronised) before training (step 0), after every
+    gcd(warmup, steps) steps and at the end, from the loop's monitor hook, so the final
+    checkpoint write falls outside the window. Returns the wall time of the whole call."""
+    every = math.gcd(warmup, steps)
     total = warmup + steps
-    rows = tiled_rows(d["train_rows"], total * batch)
     cfg = train.PretrainConfig(
-        backbone=backbone, init="random", image_size=args.size, batch_size=batch, epochs=1,
-        max_steps=total, queue_size=args.queue, lr_drops=(), device=str(device),
-        monitor_every=every, compile=compile_, compile_backend=args.compile_backend)
-    stamps: list[float] = []
+        backbone=backbone, init="random", image_size=size, batch_size=batch, epochs=1,
+        max_steps=total, queue_size=queue, lr_drops=(), device=str(device),
+        monitor_every=every, compile=compile_, compile_backend=compile_backend)
+    calls = [0]
 
-    def clock(_encoder) -> dict:
+    def hook(_encoder) -> dict:
         sync(device)
-        stamps.append(time.perf_counter())
+        on_step(calls[0] * every)
+        calls[0] += 1
         return {}
 
-    out = work / f"fast_{backbone}{'_compile' if compile_ else ''}"
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    train.pretrain(d["images"], rows, cfg, out, d["mean"], d["std"], monitor=clock,
-                   progress=False)
+    train.pretrain(d["images"], tiled_rows(d["train_rows"], total * batch), cfg, out, d["mean"],
+                   d["std"], monitor=hook, progress=False)
     wall = time.perf_counter() - t0
-    # stamps[i] is the clock after step i * every (stamps[0]: before training)
-    assert len(stamps) == total // every + 1, (len(stamps), total, every)
-    start = stamps[warmup // every]
-    seconds = stamps[-1] - start
     shutil.rmtree(out, ignore_errors=True)
+    assert calls[0] == total // every + 1, (calls[0], total, every)
+    return wall
+
+
+def bench_fast(d: dict, backbone: str, batch: int, args, device: torch.device, work: Path,
+               compile_: bool = False) -> dict:
+    """Steady-state images/s of ``train.pretrain`` (one run, clock read by its monitor)."""
+    warmup, steps = max(1, args.warmup), max(1, args.steps)
+    stamps: dict[int, float] = {}
+    wall = run_fast_path(d, backbone, batch, args.size, args.queue, warmup, steps, device,
+                         work / f"fast_{backbone}{'_compile' if compile_ else ''}",
+                         lambda step: stamps.__setitem__(step, time.perf_counter()),
+                         compile_, args.compile_backend)
+    seconds = stamps[warmup + steps] - stamps[warmup]
     return {"images_per_s": steps * batch / seconds, "timed_steps": steps,
-            "timed_s": seconds, "warmup_s": start - stamps[0], "wall_s": wall}
+            "timed_s": seconds, "warmup_s": stamps[warmup] - stamps[0], "wall_s": wall}
 
 
 # ----------------------------------------------------------------------------- (b) reference
@@ -217,15 +231,21 @@ def accuracy(output: torch.Tensor, target: torch.Tensor, topk=(1,)) -> list[torc
         return [correct[:k].reshape(-1).float().sum(0, keepdim=True).mul_(100.0 / bsz) for k in topk]
 
 
+def reference_loader(d: dict, rows: np.ndarray, batch: int, args,
+                     device: torch.device) -> torch.utils.data.DataLoader:
+    """main_moco.py's loader: JPEG dataset, two views per image, ``--workers`` processes."""
+    ds = JpegDataset(d["paths"][rows], TwoCropsTransform(
+        reference_transform(args.size, d["mean"], d["std"])))
+    return torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True,
+                                       num_workers=args.workers,
+                                       pin_memory=device.type == "cuda", drop_last=True)
+
+
 def bench_reference(d: dict, backbone: str, batch: int, args, device: torch.device) -> dict:
     """Steady-state images/s of the MoCo-CXR style loop (PIL + torchvision in workers, fp32)."""
     warmup, steps = max(1, args.warmup), max(1, args.steps)
-    rows = tiled_rows(d["train_rows"], (warmup + steps) * batch, seed=1)
-    ds = JpegDataset(d["paths"][rows], TwoCropsTransform(
-        reference_transform(args.size, d["mean"], d["std"])))
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True,
-                                         num_workers=args.workers,
-                                         pin_memory=device.type == "cuda", drop_last=True)
+    loader = reference_loader(d, tiled_rows(d["train_rows"], (warmup + steps) * batch, seed=1),
+                              batch, args, device)
     model = moco.MoCo(backbone, init="random", queue_size=args.queue, seed=0).to(device)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], 1e-4,
                                  betas=(0.9, 0.999), weight_decay=1e-4)
@@ -298,10 +318,7 @@ def bench_loaders(d: dict, batch: int, args, device: torch.device) -> dict:
             t0 = time.perf_counter()
         train._load_batch(d["images"], rows[i * batch:(i + 1) * batch], pin)
     fast = steps * batch / (time.perf_counter() - t0)
-    ds = JpegDataset(d["paths"][rows], TwoCropsTransform(
-        reference_transform(args.size, d["mean"], d["std"])))
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True,
-                                         num_workers=args.workers, pin_memory=pin, drop_last=True)
+    loader = reference_loader(d, rows, batch, args, device)
     for i, _ in enumerate(loader):
         if i == warmup - 1:  # the clock starts once the warm-up batches have arrived
             t0 = time.perf_counter()

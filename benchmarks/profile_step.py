@@ -8,7 +8,8 @@ steps of ``mocoxr.train.pretrain`` (the fast path as the notebooks run it).
 The loop marks its phases with named ranges (``mocoxr.wait_batch``, ``mocoxr.augment``,
 ``mocoxr.forward`` (both encoders, momentum update, enqueue), ``mocoxr.backward``,
 ``mocoxr.optimizer``). The profiler starts after ``--warmup`` steps and stops after ``--steps``
-more (a monitor callback switches it, as the benchmark's clock does). Printed, and written to
+more (``bench_pretrain.run_fast_path`` switches it from the loop's monitor hook, as the
+benchmark reads its clock). Printed, and written to
 ``--out``: the phases' share of the step, and the top operators by self time on the device.
 Made for the device check (``gpu_check.sh``), so that one call gives the throughput and the
 reason for it.
@@ -18,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -73,45 +72,30 @@ def main(argv=None) -> dict:
         torch.backends.cudnn.benchmark = True
     work = Path(args.work)
     d = bench_pretrain.make_data(work, args.size, args.patients, args.workers)
-    total = args.warmup + args.steps
-    rows = bench_pretrain.tiled_rows(d["train_rows"], total * args.batch)
-    cfg = train.PretrainConfig(
-        backbone=args.backbone, init="random", image_size=args.size, batch_size=args.batch,
-        epochs=1, max_steps=total, queue_size=args.queue, lr_drops=(), device=str(device),
-        monitor_every=math.gcd(args.warmup, args.steps), compile=args.compile)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     prof = profile(activities=activities)
-    calls, span = [0], {}
+    span = {}
 
-    def switch(_encoder) -> dict:  # called at step 0, every gcd steps, and at the end
-        step = calls[0] * cfg.monitor_every
-        calls[0] += 1
-        bench_pretrain.sync(device)
+    def switch(step: int) -> None:
         if step == args.warmup:
             prof.start()
             span["t0"] = time.perf_counter()
-        elif step == total:
+        elif step == args.warmup + args.steps:
             prof.stop()
             span["t1"] = time.perf_counter()
-        return {}
 
-    out_dir = work / f"profile_{args.backbone}"
-    shutil.rmtree(out_dir, ignore_errors=True)
-    train.pretrain(d["images"], rows, cfg, out_dir, d["mean"], d["std"], monitor=switch,
-                   progress=False)
-    shutil.rmtree(out_dir, ignore_errors=True)
+    bench_pretrain.run_fast_path(d, args.backbone, args.batch, args.size, args.queue,
+                                 args.warmup, args.steps, device,
+                                 work / f"profile_{args.backbone}", switch, args.compile)
     wall = span["t1"] - span["t0"]  # includes the profiler's own overhead
     events = prof.key_averages()
     on_device = device.type == "cuda"
-
-    def device_us(e) -> float:
-        return getattr(e, "device_time_total", getattr(e, "cuda_time_total", 0.0))
 
     phases = {}
     for e in events:
         if e.key in PHASES:
             phases[e.key] = {"count": int(e.count), "cpu_ms": e.cpu_time_total / 1e3,
-                             "device_ms": device_us(e) / 1e3 if on_device else None}
+                             "device_ms": e.device_time_total / 1e3 if on_device else None}
     sort_by = "self_device_time_total" if on_device else "self_cpu_time_total"
     table = events.table(sort_by=sort_by, row_limit=args.rows)
     report = {"device": bench_pretrain.device_name(device), "backbone": args.backbone,
