@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shlex
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -39,6 +41,8 @@ def main() -> None:
     p.add_argument("--queue", type=int, default=4096)
     p.add_argument("--momentum", type=float, default=0.99)
     p.add_argument("--temperature", type=float, default=0.2)
+    p.add_argument("--bn-splits", type=int, default=1,
+                   help="shuffle-BN in one process: BatchNorm over this many groups (1 = off)")
     p.add_argument("--augment", default="{}", help="JSON AugmentConfig overrides")
     p.add_argument("--population", default="{}", help="JSON PhantomPopulation overrides")
     p.add_argument("--fractions", default="0.001,0.01,0.1,1.0")
@@ -51,8 +55,15 @@ def main() -> None:
     p.add_argument("--finetune-epochs", type=int, default=0, help="0: no fine-tuning")
     p.add_argument("--finetune-lr", type=float, default=1e-4)
     p.add_argument("--finetune-batch", type=int, default=32)
+    p.add_argument("--finetune-head-warmup", type=int, default=0,
+                   help="epochs that train the new head alone (encoder frozen) before the rest")
+    p.add_argument("--finetune-encoder-lr-scale", type=float, default=1.0,
+                   help="encoder learning rate = finetune lr x this (the head keeps finetune lr)")
     p.add_argument("--finetune-fractions", default="0.001,1.0")
     p.add_argument("--skip-random-finetune", action="store_true")
+    p.add_argument("--note", default="", help="what this configuration changes (for --record)")
+    p.add_argument("--record", default=None,
+                   help="CSV that keeps one row per tag for the book (e.g. book/recorded/ablations.csv)")
     p.add_argument("--extend", default=None,
                    help="pretraining folder of a shorter run with the same settings to continue from")
     a = p.parse_args()
@@ -81,7 +92,8 @@ def main() -> None:
     cfg = train.PretrainConfig(backbone=a.backbone, init="random", image_size=a.image_size,
                                batch_size=a.batch, epochs=10_000, max_steps=a.steps, lr=a.lr,
                                queue_size=a.queue, momentum=a.momentum, temperature=a.temperature,
-                               seed=a.seed, device="cpu", augment=json.loads(a.augment))
+                               seed=a.seed, device="cpu", augment=json.loads(a.augment),
+                               bn_splits=a.bn_splits)
     run_key = hashlib.sha1(json.dumps([data_key, train.config_dict(cfg)], sort_keys=True,
                                       default=str).encode()).hexdigest()[:10]
     pre_dir = work / "pretrain" / run_key
@@ -122,15 +134,20 @@ def main() -> None:
             prep, images, inits, a.backbone, mean=mean, std=std, image_size=a.image_size,
             out_dir=res_dir, fractions=[float(f) for f in a.finetune_fractions.split(",")],
             max_draws=1, max_epochs=a.finetune_epochs, n_boot=1000, seed=a.seed, device="cpu",
-            batch_size=a.finetune_batch, lr=a.finetune_lr, progress=False)
+            batch_size=a.finetune_batch, lr=a.finetune_lr, progress=False,
+            head_warmup_epochs=a.finetune_head_warmup,
+            encoder_lr_scale=a.finetune_encoder_lr_scale)
         t_ft = time.time() - t3
         ft = ft[ft["draw"] == experiments.MEAN_DRAW]
+        ft_deltas = experiments.compute_deltas(res_dir, "finetune", a.backbone, n_boot=1000,
+                                               seed=a.seed) if not a.skip_random_finetune else None
         print(f"[{a.tag}] finetune ({t_ft:.0f}s): " + " | ".join(
             f"{r.init} f={r.label_fraction:g}: {r.auc:.3f} [{r.ci_low:.3f},{r.ci_high:.3f}]"
             for r in ft.itertuples()), flush=True)
     res = pd.read_csv(res_dir / "results.csv")
     res = res[(res["draw"] == experiments.MEAN_DRAW) & (res["experiment"] == "linear")]
-    summary = {"tag": a.tag, **{k: v for k, v in vars(a).items() if k not in ("tag", "workdir")},
+    summary = {"tag": a.tag,
+               "command": "python benchmarks/effect_study.py " + shlex.join(sys.argv[1:]), **{k: v for k, v in vars(a).items() if k not in ("tag", "workdir")},
                "n_train": len(train_rows), "n_test": len(prep.rows("test")),
                "prevalence_test": float(prep.labels(prep.rows("test")).mean()),
                "loss_last": float(out["log"]["loss"].dropna().iloc[-20:].mean()),
@@ -146,9 +163,42 @@ def main() -> None:
         line.append(f"f={f:g}: {m:.3f}/{r:.3f} d{d['delta']:+.3f} [{d['ci_low']:+.3f},{d['ci_high']:+.3f}]")
     print(f"[{a.tag}] " + " | ".join(line) + f" | pre {t_pre:.0f}s probe {t_probe:.0f}s "
           f"loss {summary['loss_last']:.2f}")
+    if a.record:
+        record_row(Path(a.record), a, summary, out["log"], fractions, deltas,
+                   ft if a.finetune_epochs else None, ft_deltas if a.finetune_epochs else None)
     table = work / "effect_study.csv"
     previous = pd.read_csv(table) if table.exists() else pd.DataFrame()
     pd.concat([previous, pd.DataFrame([summary])], ignore_index=True).to_csv(table, index=False)
+
+
+def _ci(d: pd.Series) -> str:
+    return f"{d['delta']:+.3f} ({d['ci_low']:+.3f}, {d['ci_high']:+.3f})"
+
+
+def record_row(path: Path, a: argparse.Namespace, summary: dict, log: pd.DataFrame,
+               fractions: list[float], deltas: pd.DataFrame, ft: pd.DataFrame | None,
+               ft_deltas: pd.DataFrame | None) -> None:
+    """Upsert this configuration's row (by tag) into the book's ablation table."""
+    row = {"tag": a.tag, "what": a.note, "seed": a.seed}
+    curve = log.dropna(subset=["knn_auc"]) if "knn_auc" in log else None
+    for name in ("knn_auc", "linear_auc"):
+        row[f"{name.split('_')[0]} monitor"] = (
+            f"{curve[name].iloc[0]:.3f} -> {curve[name].iloc[-1]:.3f}" if curve is not None else "")
+    row["final loss"] = f"{summary['loss_last']:.2f}"
+    for f in fractions:
+        row[f"linear {100 * f:g}%"] = _ci(deltas[np.isclose(deltas["label_fraction"], f)].iloc[0])
+    if ft is not None and ft_deltas is not None:
+        for f in sorted(ft["label_fraction"].unique()):
+            at = ft[np.isclose(ft["label_fraction"], f)].set_index("init")["auc"]
+            d = ft_deltas[np.isclose(ft_deltas["label_fraction"], f)].iloc[0]
+            row[f"fine-tune {100 * f:g}%"] = (f"MoCo {at['moco']:.3f}, random {at['random']:.3f}: "
+                                               f"{_ci(d)}")
+    row["command"] = summary["command"]
+    previous = pd.read_csv(path, dtype=str) if path.exists() else pd.DataFrame()
+    if len(previous):
+        previous = previous[previous["tag"] != a.tag]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.concat([previous, pd.DataFrame([row]).astype(str)], ignore_index=True).to_csv(path, index=False)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import ast
 import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -55,7 +56,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PROFILES_DIR = PACKAGE_DIR / "profiles"
@@ -66,6 +67,9 @@ RUNNER_PARAMETERS = ("run_dir",)  # set by the runner, never by a profile
 BOOK_FILES = ("_config.yml", "_toc.yml")
 SITE_CSVS = ("results.csv", "deltas.csv")
 KERNEL = "python3"
+SHARED_DATA_PARAMETERS = ("data_dir", "shenzhen_dir", "phantom", "phantom_shenzhen", "chexpert",
+                          "shenzhen", "seed")  # one value per run folder (seed: the phantoms)
+STABILITY_NOTEBOOK = "08_stability"  # reads <run_dir>/seeds/ (or the recorded copy)
 
 
 class ProfileError(ValueError):
@@ -393,6 +397,11 @@ def load_profile(
             rs = dict(rs)
             label = rs.pop("name", None)
             for k, v in rs.items():
+                if k in SHARED_DATA_PARAMETERS:
+                    raise ProfileError(
+                        f"{path}: {where}.runs[{i}] sets {k!r}: the data settings are shared by "
+                        "every notebook of a run folder; set it under `parameters:` instead"
+                    )
                 if k not in defaults or k in RUNNER_PARAMETERS:
                     raise ProfileError(
                         f"{path}: {where}.runs[{i}]: unknown parameter {k!r} "
@@ -568,13 +577,17 @@ def run_profile(
     progress: bool = True,
     log_output: bool = False,
     echo=print,
+    select: Callable[[Run], bool] | None = None,
 ) -> list[Outcome]:
     """Execute a profile's runs in order; returns one :class:`Outcome` per run.
 
-    Up-to-date runs are skipped; a failure stops only the runs that depend on it.
+    Up-to-date runs are skipped; a failure stops only the runs that depend on it. ``select``
+    keeps only the runs it returns True for (their needs must be among them).
     """
     root = Path(root) if root else project_root()
     prof = load_profile(profile, root / "notebooks", overrides)
+    if select is not None:
+        prof = dataclasses.replace(prof, runs=[r for r in prof.runs if select(r)])
     rd = run_paths(run_dir or default_run_dir(prof.name, root))
     keys = run_keys(prof, rd)
     outcomes: dict[str, Outcome] = {}
@@ -654,6 +667,8 @@ def stage_site(prof: Profile, rd: RunPaths, root: Path, echo=print) -> Path:
             p.unlink()
     for name in wanted:
         shutil.copy2(root / "book" / name, site / "book" / name)
+    if (root / "book" / "recorded").is_dir():  # recorded tables the prose pages include
+        shutil.copytree(root / "book" / "recorded", site / "book" / "recorded", dirs_exist_ok=True)
     executed = site / "book" / "executed"
     if executed.exists():
         shutil.rmtree(executed)
@@ -952,6 +967,35 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _run_seed_batch(args: argparse.Namespace) -> int:
+    """``run --seeds ...``: the profile once per seed, then the pooled deltas (mocoxr.seeds)."""
+    from mocoxr import seeds as seedbatch
+
+    overrides = _overrides(args)
+    root = project_root()
+    prof = load_profile(args.profile, root / "notebooks", overrides)
+    base = Path(args.run_dir or default_run_dir(prof.name, root))
+
+    def run_one(seed: int, folder: Path) -> bool:
+        outcomes = run_profile(args.profile, folder, {**overrides, "seed": seed},
+                               force=args.force, log_output=args.log_output,
+                               select=lambda r: r.notebook != STABILITY_NOTEBOOK)
+        return all(o.status in ("ran", "up to date") for o in outcomes)
+
+    real_chexpert, real_shenzhen = "data_dir" in overrides, "shenzhen_dir" in overrides
+    shared = {"linear": real_chexpert, "finetune": real_chexpert,
+              "shenzhen_linear": real_shenzhen, "shenzhen_finetune": real_shenzhen}
+    command = f"python -m mocoxr.book run --profile {prof.name} --seeds " + " ".join(
+        str(s) for s in args.seeds)
+    paths = seedbatch.run_seeds(run_one, base, args.seeds, shared, command)
+    if paths is None:
+        return 1
+    # the page that reads the pooled tables, in the base folder (its input just changed)
+    outcomes = run_profile(args.profile, base, overrides, force=True, log_output=args.log_output,
+                           select=lambda r: r.notebook == STABILITY_NOTEBOOK)
+    return 0 if all(o.status == "ran" for o in outcomes) else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mocoxr.book", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -969,11 +1013,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.add_argument("--shenzhen-dir", help="folder holding the Shenzhen CXR_png/ (default: generate)")
         if name == "run":
             p.add_argument("--force", action="store_true", help="rerun every notebook even if up to date")
+            p.add_argument("--seeds", type=int, nargs="+", metavar="N",
+                           help="a batch: the whole profile once per seed, in <run-dir>/seed-<n>/, "
+                                "then the deltas pooled over seeds into <run-dir>/seeds/")
             p.add_argument("--log-output", action="store_true", help="stream notebook output to the terminal")
         if name == "build":
             p.add_argument("--output", type=Path, help="folder that receives _build/ (default: project root)")
     args = ap.parse_args(argv)
     try:
+        if args.command == "run" and args.seeds:
+            return _run_seed_batch(args)
         if args.command == "run":
             outcomes = run_profile(args.profile, args.run_dir, _overrides(args),
                                    force=args.force, log_output=args.log_output)

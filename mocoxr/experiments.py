@@ -199,10 +199,12 @@ def run_finetune_experiment(prepared: Any, images: np.ndarray, backbones: Mappin
                             n_boot: int = 1000, seed: int = 0, device: str = "auto",
                             batch_size: int = 16, lr: float = 1e-4,
                             augment: Mapping[str, Any] | None = None,
+                            head_warmup_epochs: int = 0, encoder_lr_scale: float = 1.0,
                             overwrite: bool = False, progress: bool = True) -> pd.DataFrame:
     """End-to-end fine-tuning (``train.finetune``) for every (init, label fraction, draw),
     with at most ``max_draws`` draws per fraction and ``max_epochs`` epochs (CPU budgets), Adam
-    at ``lr`` (the paper: 1e-4).
+    at ``lr`` (the paper: 1e-4); ``head_warmup_epochs`` and ``encoder_lr_scale`` as in
+    ``train.FinetuneConfig``.
 
     A model whose predictions exist and whose key (weights hash of the init, fine-tuning
     config, train rows) matches ``out_dir/finetune/<name>.json`` is not retrained unless
@@ -229,7 +231,9 @@ def run_finetune_experiment(prepared: Any, images: np.ndarray, backbones: Mappin
                 cfg = train.FinetuneConfig(image_size=image_size, batch_size=batch_size,
                                            lr=lr, max_epochs=max_epochs, label_fraction=f,
                                            seed=seed + d, device=device,
-                                           augment=dict(augment or {}))
+                                           augment=dict(augment or {}),
+                                           head_warmup_epochs=head_warmup_epochs,
+                                           encoder_lr_scale=encoder_lr_scale)
                 key = {"init": spec_key, "backbone": backbone_name,
                        "config": train.config_dict(cfg),
                        "train_rows": [int(r) for r in tr], "val_rows_n": int(len(val_rows)),

@@ -16,13 +16,22 @@ One training step (``MoCo.forward``)::
     loss = moco_loss(q, k, queue, T); enqueue(queue, all_gather(k))
 
 **Shuffle-BN.** MoCo shuffles the key batch across GPUs so that the BatchNorm statistics of a
-query and of its key come from different sub-batches (otherwise the model can "cheat" through
-the statistics shared inside one GPU's sub-batch). In a single process BatchNorm already
-normalises with the statistics of the *whole* batch, and those are invariant to shuffling, so
-shuffling changes nothing: ``batch_shuffle`` is then an identity (documented no-op). It has an
-effect only under ``torch.distributed`` with world size > 1 (``torchrun``), where it all-gathers
-the key images, applies one permutation broadcast from rank 0, and hands each rank a different
-slice; ``batch_unshuffle`` undoes it. Per-rank batch sizes may differ (short last batch).
+query and of its key come from different sub-batches (otherwise the model can "cheat": it finds
+its positive key by the statistics it shares with the query, not by content; He et al. 2020,
+sec. 3.3). Two mechanisms, one per set-up:
+
+- *one process* (a laptop CPU, one GPU: the paper's own set-up): ``bn_splits = G > 1`` makes
+  every BatchNorm of both encoders normalise in training over G contiguous groups of the batch
+  (``SplitBatchNorm2d``, as in facebookresearch/moco's CIFAR demo), and ``split_shuffle`` /
+  ``split_unshuffle`` permute the key batch before its encoder and restore its order after, so a
+  key sits in a different group of images than its query. Running statistics are the mean of
+  the groups' (what G devices would each hold), and eval mode is ordinary BatchNorm; the
+  parameters and buffers are BatchNorm2d's, so exported backbones stay plain torchvision.
+  ``bn_splits = 1`` is ordinary BatchNorm over the whole batch (the shortcut stays open).
+- *several processes* (``torchrun``): ``batch_shuffle`` all-gathers the key images, applies one
+  permutation broadcast from rank 0, and hands each rank a different slice; ``batch_unshuffle``
+  undoes it (per-rank batch sizes may differ). In one process it is an identity. ``bn_splits``
+  then also splits each rank's share.
 """
 
 from __future__ import annotations
@@ -49,6 +58,10 @@ __all__ = [
     "concat_all_gather",
     "batch_shuffle",
     "batch_unshuffle",
+    "SplitBatchNorm2d",
+    "split_batchnorm",
+    "split_shuffle",
+    "split_unshuffle",
     "MoCo",
 ]
 
@@ -229,6 +242,87 @@ def batch_unshuffle(x: torch.Tensor, idx_unshuffle: torch.Tensor | None) -> torc
     return x_all[idx_unshuffle[start : start + sizes[rank]]]
 
 
+# --- shuffle-BN in one process: BatchNorm over groups of the batch ----------------------------
+
+
+class SplitBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d that, in training, normalises each of ``num_splits`` contiguous groups of the
+    batch with that group's own statistics (G simulated devices); eval mode is BatchNorm2d.
+
+    The running statistics become the mean over groups of what each group's update gives, so
+    ``running_mean`` equals ordinary BatchNorm's for equal groups and ``running_var`` is the mean
+    of the groups' unbiased variances. Same parameters and buffers as BatchNorm2d, so a state
+    dict is interchangeable with torchvision's.
+    """
+
+    def __init__(self, num_features: int, num_splits: int = 1, **kwargs) -> None:
+        super().__init__(num_features, **kwargs)
+        if num_splits < 1:
+            raise ValueError(f"num_splits must be >= 1, got {num_splits}")
+        self.num_splits = int(num_splits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.num_splits == 1:
+            return super().forward(x)
+        if x.shape[0] < 2 * self.num_splits:
+            raise ValueError(f"SplitBatchNorm2d: a batch of {x.shape[0]} cannot be split into "
+                             f"{self.num_splits} groups of at least 2 images")
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative average, as BatchNorm2d does
+                momentum = 1.0 / float(self.num_batches_tracked)
+        means, variances, outs = [], [], []
+        for chunk in x.chunk(self.num_splits):
+            rm = self.running_mean.clone() if self.track_running_stats else None
+            rv = self.running_var.clone() if self.track_running_stats else None
+            outs.append(F.batch_norm(chunk, rm, rv, self.weight, self.bias, True, momentum, self.eps))
+            means.append(rm)
+            variances.append(rv)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.running_mean.copy_(torch.stack(means).mean(0))
+                self.running_var.copy_(torch.stack(variances).mean(0))
+        return torch.cat(outs)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, num_splits={self.num_splits}"
+
+
+def split_batchnorm(module: nn.Module, num_splits: int) -> nn.Module:
+    """Replace every ``nn.BatchNorm2d`` inside ``module`` (in place) by a ``SplitBatchNorm2d``
+    with the same parameters and buffers; returns ``module``. ``num_splits = 1`` changes nothing."""
+    if num_splits < 1:
+        raise ValueError(f"bn_splits must be >= 1, got {num_splits}")
+    if num_splits == 1:
+        return module
+    for name, child in list(module.named_children()):
+        if type(child) is nn.BatchNorm2d:
+            new = SplitBatchNorm2d(child.num_features, num_splits, eps=child.eps,
+                                   momentum=child.momentum, affine=child.affine,
+                                   track_running_stats=child.track_running_stats)
+            new.load_state_dict(child.state_dict())
+            new.to(device=child.weight.device if child.affine else None)
+            setattr(module, name, new)
+        else:
+            split_batchnorm(child, num_splits)
+    return module
+
+
+def split_shuffle(x: torch.Tensor, generator: torch.Generator | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shuffle-BN in one process, step 1: ``(x[perm], inverse perm)`` with ``perm`` a random
+    permutation of the batch (drawn on the CPU from ``generator`` or the global RNG), so each
+    key's BatchNorm group holds other images than its query's."""
+    perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
+    return x[perm], torch.argsort(perm)
+
+
+def split_unshuffle(x: torch.Tensor, idx_unshuffle: torch.Tensor) -> torch.Tensor:
+    """Shuffle-BN in one process, step 2: rows back in the original batch order."""
+    return x[idx_unshuffle]
+
+
 # --- the model ------------------------------------------------------------------------------------
 
 
@@ -256,6 +350,7 @@ class MoCo(nn.Module):
         mlp: bool = True,
         seed: int = 0,
         hidden_dim: int | None = None,
+        bn_splits: int = 1,
     ) -> None:
         super().__init__()
         if not 0.0 <= momentum <= 1.0:
@@ -265,7 +360,8 @@ class MoCo(nn.Module):
         self.backbone_name = backbone
         self.momentum = float(momentum)
         self.temperature = float(temperature)
-        net = models.create_backbone(backbone, init=init, seed=seed)
+        self.bn_splits = int(bn_splits)
+        net = split_batchnorm(models.create_backbone(backbone, init=init, seed=seed), self.bn_splits)
         feat = models.feature_dim(net)
         setattr(net, models.head_name(net), nn.Identity())
         self.encoder_q = net
@@ -290,9 +386,14 @@ class MoCo(nn.Module):
 
     @torch.no_grad()
     def keys(self, im_k: torch.Tensor) -> torch.Tensor:
-        """L2-normalised keys of ``im_k`` from the key encoder, with shuffle-BN when distributed."""
+        """L2-normalised keys of ``im_k`` from the key encoder, with shuffle-BN: across ranks
+        when distributed, across the ``bn_splits`` BatchNorm groups when those are > 1."""
         x, idx_unshuffle = batch_shuffle(im_k)
+        if self.bn_splits > 1 and self.training:
+            x, idx_split = split_shuffle(x)
         k = F.normalize(self.head_k(self.encoder_k(x)), dim=1)
+        if self.bn_splits > 1 and self.training:
+            k = split_unshuffle(k, idx_split)
         return batch_unshuffle(k, idx_unshuffle)
 
     @torch.no_grad()

@@ -236,6 +236,40 @@ def delta_plot(deltas: pd.DataFrame, experiments: Sequence[str], backbone: str |
     return fig or ax.figure
 
 
+def seed_effects(per_seed: pd.DataFrame, pooled: pd.DataFrame, experiments: Sequence[str],
+                 backbone: str | None = None, size: float = 3.6) -> plt.Figure:
+    """One panel per experiment: each seed's paired delta as a grey point (its own test-set
+    CI as a thin bar), the pooled mean over seeds with its CI (seed spread and test sampling)
+    in colour, against label fraction (log x); zero marked."""
+    exps = [e for e in experiments if (pooled["experiment"] == e).any()]
+    if not exps:
+        raise ValueError(f"no pooled deltas for experiments {list(experiments)}")
+    fig, axes = plt.subplots(1, len(exps), figsize=(size * len(exps), size * 0.85), squeeze=False)
+    for i, (ax, exp) in enumerate(zip(axes[0], exps)):
+        pool, seeds_ = (t[t["experiment"] == exp] for t in (pooled, per_seed))
+        if backbone is not None:
+            pool, seeds_ = pool[pool["backbone"] == backbone], seeds_[seeds_["backbone"] == backbone]
+        pool = pool.sort_values("label_fraction")
+        n = max(int(seeds_["seed"].nunique()), 1)
+        for j, (seed, g) in enumerate(seeds_.sort_values("label_fraction").groupby("seed")):
+            x = g["label_fraction"].to_numpy() * 10 ** (0.05 * (j - (n - 1) / 2) - 0.12)
+            ax.errorbar(x, g["delta"], yerr=np.vstack([g["delta"] - g["ci_low"],
+                                                       g["ci_high"] - g["delta"]]),
+                        fmt="o", ms=4, lw=0.8, capsize=0, color="0.55",
+                        label="single seeds (test-set CI)" if j == 0 else None)
+        ax.errorbar(pool["label_fraction"], pool["delta"],
+                    yerr=np.vstack([pool["delta"] - pool["ci_low"], pool["ci_high"] - pool["delta"]]),
+                    fmt="D-", ms=6, capsize=4, color=f"C{i + 2}", label=f"mean of {n} seeds (95% CI)")
+        ax.axhline(0, color="black", lw=0.8)
+        _fraction_axis(ax, list(pool["label_fraction"]))
+        ax.set_title(EXPERIMENT_TITLES.get(exp, exp), fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("MoCo minus baseline (AUC)")
+    axes[0][0].legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig
+
+
 def roc_panels(curves: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]],
                size: float = 3.4) -> plt.Figure:
     """ROC curves: one panel per key of ``curves`` (e.g. '1% labels'), one line per init
@@ -387,36 +421,42 @@ def _effect(frame: pd.DataFrame, experiment: str, backbone: str) -> pd.DataFrame
     return d.sort_values("label_fraction").reset_index(drop=True)
 
 
+def _above(a: pd.Series, b: pd.Series | None = None) -> bool:
+    """``a``'s 95% CI lies wholly above zero (``b`` None) or wholly above ``b``'s CI. Intervals
+    that touch or overlap never count: a point estimate alone decides nothing."""
+    if b is None:
+        return bool(np.isfinite(a["ci_low"]) and a["ci_low"] > 0)
+    return bool(np.isfinite(a["ci_low"]) and np.isfinite(b["ci_high"]) and a["ci_low"] > b["ci_high"])
+
+
 def findings(deltas: pd.DataFrame, paper: pd.DataFrame, backbone: str = "resnet18") -> pd.DataFrame:
-    """The paper's three qualitative findings, checked on our paired deltas and on the paper's:
-    (1) MoCo beats the baseline for the linear probe at the smallest label fraction, (2) that gain
-    shrinks from the smallest to the largest fraction, (3) it is larger for the linear probe than
-    for fine-tuning at the smallest fraction. Columns: finding, ours (numbers), paper (numbers),
-    holds (bool, ours); a finding whose inputs are missing has holds False and says so."""
+    """The paper's three qualitative findings, checked on our paired deltas: (1) MoCo beats the
+    baseline for the linear probe at the smallest label fraction, (2) that gain shrinks from the
+    smallest to the largest fraction, (3) it is larger for the linear probe than for
+    fine-tuning at the smallest fraction. A finding *holds* only when the CIs say so: (1) the
+    delta's CI is above zero, (2) and (3) the first delta's CI lies wholly above the second's
+    (non-overlapping 95% CIs: conservative), and for (2) there is a gain to shrink (1). Columns: finding, ours, paper, holds ("yes", "no",
+    or "not run" when its inputs are missing)."""
     lin, ft = _effect(deltas, "linear", backbone), _effect(deltas, "finetune", backbone)
     plin, pft = paper_deltas(paper, "linear", backbone), paper_deltas(paper, "finetune", backbone)
-    rows = []
+    names = ("linear probe: MoCo beats the baseline with the fewest labels (95% CI above 0)",
+             "linear probe: the gain shrinks as labels grow (CIs apart)",
+             "the linear probe gains more than fine-tuning with the fewest labels (CIs apart)")
+    rows = {n: {"finding": n, "ours": "not run", "paper": "", "holds": "not run"} for n in names}
 
-    def add(name: str, ok: bool | None, ours: str, theirs: str) -> None:
-        rows.append({"finding": name, "ours": ours if ok is not None else "not run",
-                     "paper": theirs, "holds": bool(ok)})
+    def add(name: str, ok: bool, ours: str, theirs: str) -> None:
+        rows[name].update(ours=ours, paper=theirs, holds="yes" if ok else "no")
 
+    ci = lambda r: fmt_ci(r["delta"], r["ci_low"], r["ci_high"], signed=True)  # noqa: E731
     if len(lin):
         s, lg = lin.iloc[0], lin.iloc[-1]
-        add("linear probe: MoCo beats the baseline with the fewest labels (paired 95% CI above 0)", s["ci_low"] > 0 if np.isfinite(s["ci_low"]) else s["delta"] > 0,
-            f"{fmt_ci(s['delta'], s['ci_low'], s['ci_high'], signed=True)} at {pct(s['label_fraction'])}",
+        add(names[0], _above(s), f"{ci(s)} at {pct(s['label_fraction'])}",
             f"{plin['delta'].iloc[0]:+.3f} at {pct(plin['label_fraction'].iloc[0])}" if len(plin) else "")
-        add("linear probe: the gain shrinks as labels grow", s["delta"] > lg["delta"],
-            f"{s['delta']:+.3f} at {pct(s['label_fraction'])} -> {lg['delta']:+.3f} at {pct(lg['label_fraction'])}",
+        add(names[1], len(lin) > 1 and _above(s) and _above(s, lg),  # a gain, then less
+            f"{ci(s)} at {pct(s['label_fraction'])} -> {ci(lg)} at {pct(lg['label_fraction'])}",
             f"{plin['delta'].iloc[0]:+.3f} -> {plin['delta'].iloc[-1]:+.3f}" if len(plin) else "")
-    else:
-        add("linear probe: MoCo beats the baseline with the fewest labels (paired 95% CI above 0)", None, "", "")
-        add("linear probe: the gain shrinks as labels grow", None, "", "")
     if len(lin) and len(ft):
         s, f0 = lin.iloc[0], ft.iloc[0]
-        add("the linear probe gains more than fine-tuning with the fewest labels", s["delta"] > f0["delta"],
-            f"{s['delta']:+.3f} vs {f0['delta']:+.3f}",
+        add(names[2], _above(s, f0), f"{ci(s)} vs {ci(f0)}",
             f"{plin['delta'].iloc[0]:+.3f} vs {pft['delta'].iloc[0]:+.3f}" if len(plin) and len(pft) else "")
-    else:
-        add("the linear probe gains more than fine-tuning with the fewest labels", None, "", "")
-    return pd.DataFrame(rows)
+    return pd.DataFrame(list(rows.values()), columns=["finding", "ours", "paper", "holds"])

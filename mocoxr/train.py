@@ -89,6 +89,9 @@ class PretrainConfig:
     temperature: float = 0.2          # paper / r8w1n416.sh: --moco-t 0.2
     dim: int = 128                    # reference: --moco-dim 128
     mlp: bool = True                  # paper: MoCo v2 MLP head (--mlp)
+    bn_splits: int = 1                # ours: shuffle-BN in one process: BatchNorm over this many
+                                      # groups of the batch, key batch shuffled across them
+                                      # (moco.SplitBatchNorm2d); 1 = ordinary BatchNorm
     seed: int = 0                     # ours: every random draw derives from (seed, step)
     device: str = "auto"              # ours: "auto" = cuda when available, else cpu
     augment: dict = field(default_factory=dict)  # overrides of augment.AugmentConfig fields
@@ -121,6 +124,9 @@ class FinetuneConfig:
     eval_batch_size: int = 64
     amp: str = "auto"
     channels_last: str = "auto"       # as PretrainConfig.channels_last
+    head_warmup_epochs: int = 0       # ours: the first N epochs train the new head alone, the
+                                      # encoder frozen in eval mode (LP-FT, Kumar et al. 2022)
+    encoder_lr_scale: float = 1.0     # ours: encoder lr = lr x this; the head keeps lr
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -404,6 +410,10 @@ def pretrain(images: np.ndarray, rows: np.ndarray, cfg: PretrainConfig, out_dir:
     if cfg.batch_size // world < 2:
         raise ValueError(f"batch_size {cfg.batch_size} is the global batch: split over {world} "
                          "processes it leaves fewer than 2 images per process (batch norm)")
+    if cfg.bn_splits < 1 or cfg.batch_size // world < 2 * cfg.bn_splits:
+        raise ValueError(f"bn_splits must be >= 1 and leave at least 2 images per BatchNorm group: "
+                         f"batch_size {cfg.batch_size} over {world} process(es) and bn_splits "
+                         f"{cfg.bn_splits} do not")
     if cfg.seed < 0 or cfg.epochs < 1 or (cfg.max_steps is not None and cfg.max_steps < 1):
         raise ValueError("seed must be >= 0, epochs >= 1 and max_steps None or >= 1, got "
                          f"seed={cfg.seed}, epochs={cfg.epochs}, max_steps={cfg.max_steps}")
@@ -435,7 +445,8 @@ def pretrain(images: np.ndarray, rows: np.ndarray, cfg: PretrainConfig, out_dir:
         device = torch.device("cuda", torch.cuda.current_device())  # torchrun: set by the launcher
     model = moco.MoCo(backbone=cfg.backbone, init=cfg.init, dim=cfg.dim,
                       queue_size=cfg.queue_size, momentum=cfg.momentum,
-                      temperature=cfg.temperature, mlp=cfg.mlp, seed=cfg.seed)
+                      temperature=cfg.temperature, mlp=cfg.mlp, seed=cfg.seed,
+                      bn_splits=cfg.bn_splits)
     channels_last = _use_channels_last(cfg.channels_last, device)
     model = model.to(device)
     if channels_last:
@@ -887,6 +898,20 @@ def predict(model: nn.Module, images: np.ndarray, rows: np.ndarray, mean: float,
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
 
 
+def _finetune_optimizer(model: nn.Module, cfg: FinetuneConfig,
+                        device: torch.device) -> torch.optim.Adam:
+    """Adam with two groups: the new head at ``cfg.lr``, the encoder at ``lr x encoder_lr_scale``."""
+    if cfg.head_warmup_epochs < 0 or not cfg.encoder_lr_scale > 0:
+        raise ValueError("head_warmup_epochs must be >= 0 and encoder_lr_scale > 0, got "
+                         f"{cfg.head_warmup_epochs} and {cfg.encoder_lr_scale}")
+    head_ids = {id(p) for p in getattr(model, models.head_name(model)).parameters()}
+    body = [p for p in model.parameters() if id(p) not in head_ids]
+    head = [p for p in model.parameters() if id(p) in head_ids]
+    groups = [{"params": body, "lr": cfg.lr * cfg.encoder_lr_scale}, {"params": head, "lr": cfg.lr}]
+    return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            fused=device.type in ("cpu", "cuda") or None)
+
+
 def finetune(backbone: str, init: str, images: np.ndarray, train_rows: np.ndarray,
              train_y: np.ndarray, val_rows: np.ndarray, val_y: np.ndarray,
              test_rows: np.ndarray, mean: float, std: float, cfg: FinetuneConfig,
@@ -922,13 +947,23 @@ def finetune(backbone: str, init: str, images: np.ndarray, train_rows: np.ndarra
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = adam(list(model.parameters()), cfg.lr, cfg.weight_decay, device)
+    optimizer = _finetune_optimizer(model, cfg, device)
     aug_cfg = augment.AugmentConfig(out_size=cfg.image_size, **cfg.augment)
     y_all = torch.as_tensor(train_y, dtype=torch.float32)
+    head = getattr(model, models.head_name(model))
 
     history, best = [], (-1.0, None, 0)
     for epoch in tqdm(range(epochs), disable=not progress, desc=f"fine-tune {backbone}/{init}"):
-        model.train()
+        warmup = epoch < cfg.head_warmup_epochs
+        model.train(not warmup)  # head warm-up: BatchNorm statistics frozen too
+        head.train()
+        for p in model.parameters():
+            p.requires_grad_(True)
+        if warmup:
+            for p in model.parameters():
+                p.requires_grad_(False)
+            for p in head.parameters():
+                p.requires_grad_(True)
         order = epoch_order(len(train_rows), cfg.seed, epoch)
         batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
         if len(batches) > 1 and len(batches[-1]) == 1:

@@ -22,7 +22,7 @@
 # %% tags=["parameters"]
 run_dir = "../runs/interactive"  # run folder shared by all notebooks (the runner sets it)
 data_dir = None  # folder holding CheXpert-v1.0-small/; None: the embedded data
-phantom = {"n_patients": 400, "n_valid_patients": 100, "image_size": 128, "workers": 0}  # mocoxr.phantom.generate_chexpert_tree options
+phantom = {"n_patients": 600, "n_valid_patients": 300, "image_size": 128, "workers": 0}  # mocoxr.phantom.generate_chexpert_tree options
 chexpert = {  # mocoxr.data.prepare_chexpert options (as in 01_data)
     "target": "Pleural Effusion",
     "uncertain_policy": "ones",
@@ -39,18 +39,19 @@ backbone = "resnet18"  # resnet18, resnet50 or densenet121
 pretrain = {  # mocoxr.train.PretrainConfig fields (besides backbone, image_size, seed, device)
     "init": "random",  # the paper starts from "imagenet" (needs the torchvision weights offline)
     "batch_size": 32,
-    "epochs": 2,
-    "max_steps": None,
+    "epochs": 100,  # bounded by max_steps
+    "max_steps": 500,  # about 13 epochs of the embedded data; longer helps most
     "lr": 1e-4,
     "weight_decay": 1e-4,
     "lr_drops": [0.6, 0.9],
-    "queue_size": 4096,
+    "queue_size": 512,  # fewer keys than training images (a larger queue hurt on ~1,230 images)
     "momentum": 0.99,
     "temperature": 0.2,
     "dim": 128,
     "mlp": True,
+    "bn_splits": 4,  # shuffle-BN on one device: BatchNorm over 4 groups, keys shuffled across them
     "augment": {},  # mocoxr.augment.AugmentConfig overrides (rotation, flip, crop, ...)
-    "monitor_every": 25,  # steps between k-NN monitor evaluations (0: off)
+    "monitor_every": 100,  # steps between k-NN monitor evaluations (0: off)
     "checkpoint_every_steps": None,
     "amp": "auto",
     "channels_last": "auto",

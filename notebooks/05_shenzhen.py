@@ -22,7 +22,7 @@
 # %% tags=["parameters"]
 run_dir = "../runs/interactive"  # run folder shared by all notebooks (the runner sets it)
 shenzhen_dir = None  # folder holding CXR_png/; None: the embedded data
-phantom_shenzhen = {"n_images": 200, "image_size": 128, "workers": 0}  # mocoxr.phantom.generate_shenzhen_tree options
+phantom_shenzhen = {"n_images": 662, "image_size": 128, "workers": 0}  # mocoxr.phantom.generate_shenzhen_tree options
 shenzhen = {"fractions": [0.0625, 0.25, 1.0], "draws": [8, 4, 1]}  # mocoxr.data.prepare_shenzhen options
 image_size = 64
 seed = 0
@@ -33,10 +33,12 @@ transfer_linear = {"method": "logreg", "fractions": None, "max_draws": None, "ba
                    "standardize_on": "train_split"}
 transfer_finetune = {
     "fractions": None,
-    "max_draws": 2,
+    "max_draws": 1,
     "max_epochs": 3,
     "batch_size": 16,
-    "lr": 1e-4,
+    "lr": 1e-3,
+    "head_warmup_epochs": 0,
+    "encoder_lr_scale": 1.0,
     "augment": {},
     "overwrite": False,
 }

@@ -96,7 +96,7 @@ for bb in backbones:
 # %%
 bb = "resnet18" if "resnet18" in backbones else backbones[0]
 verdicts = plots.findings(deltas, paper, bb)
-display(HTML(verdicts.assign(holds=verdicts["holds"].map({True: "yes", False: "no"}))
+display(HTML(verdicts
              .to_html(index=False, border=0)))
 
 # %% tags=["hide-input"]
@@ -116,7 +116,7 @@ book.glue("paper_lin_large", float(paper_lin["delta"].iloc[-1]))
 book.glue("paper_ft_small", float(paper_ft["delta"].iloc[0]))
 book.glue("n_ci_above_zero_lin", int((lin["ci_low"] > 0).sum()))
 book.glue("n_fractions_lin", int(len(lin)))
-book.glue("n_findings_reproduced", int(verdicts["holds"].sum()))
+book.glue("n_findings_reproduced", int((verdicts["holds"] == "yes").sum()))
 book.glue("n_findings", int(len(verdicts)))
 
 # %% [markdown]

@@ -162,12 +162,33 @@ def test_packaged_profiles_match_the_notebooks(name: str, tmp_path: Path):
     overrides = {"data_dir": str(tmp_path), "shenzhen_dir": str(tmp_path)} if name == "paper" else None
     prof = book.load_profile(name, ROOT / "notebooks", overrides)
     notebooks = [r.notebook for r in prof.runs]
-    assert notebooks[0] == "01_data" and notebooks[-1] == "06_results"
-    assert sorted(set(notebooks)) == sorted(p.stem for p in (ROOT / "notebooks").glob("*.py"))
+    assert notebooks[0] == "01_data" and "06_results" in notebooks
+    every = sorted(p.stem for p in (ROOT / "notebooks").glob("*.py"))
+    if name == "paper":  # the stability page needs a seeds batch (run --seeds) first
+        every.remove("08_stability")
+    assert sorted(set(notebooks)) == every
     results = [r for r in prof.runs if r.notebook == "06_results"]
     assert len(results) == 1 and set(results[0].deps) >= {
         r.run_id for r in prof.runs if r.notebook in ("03_linear_probe", "04_finetune", "05_shenzhen")
     }
+
+
+def test_quick_profile_is_the_notebooks_own_defaults():
+    """A reader who runs the notebooks by hand gets the numbers of `make book` (seed 0)."""
+    prof = book.load_profile("quick", ROOT / "notebooks")
+    for run in prof.runs:
+        defaults = book.notebook_parameters(run.source)
+        defaults.pop("run_dir")
+        assert run.parameters == defaults, run.run_id
+    assert book.load_profile("quick").parameters == {}
+
+
+def test_a_run_may_not_change_the_shared_data_settings(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("parameters: {}\nnotebooks:\n  01_data: {}\n  03_linear_probe:\n"
+                   "    runs: [{phantom: {n_patients: 10}}]\n")
+    with pytest.raises(book.ProfileError, match="phantom.*every notebook"):
+        book.load_profile(bad, ROOT / "notebooks")
 
 
 def test_paper_profile_requires_data_folders():
@@ -304,3 +325,13 @@ def test_pairing_check_catches_an_out_of_sync_pair(tmp_path: Path):
 def test_paper_results_file_names_its_source():
     head = book.PAPER_RESULTS.read_text().splitlines()[0]
     assert head.startswith("#") and "MoCo-CXR" in head
+
+
+def test_jupyterlab_opens_the_py_notebooks_as_notebooks():
+    """`make setup` installs this override: a double click on notebooks/*.py in JupyterLab opens
+    the Jupytext notebook view, not the text editor."""
+    settings = json.loads((ROOT / "notebooks" / "jupyterlab-overrides.json").read_text())
+    viewers = settings["@jupyterlab/docmanager-extension:plugin"]["defaultViewers"]
+    assert viewers["python"] == "Jupytext Notebook"
+    makefile = (ROOT / "Makefile").read_text()
+    assert "notebooks/jupyterlab-overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json" in makefile

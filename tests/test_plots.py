@@ -71,14 +71,37 @@ def test_delta_plot_and_tables():
     assert row["ours: difference"] == "+0.100 [+0.050, +0.150]"
     assert row["paper: MoCo"] == "0.838" and row["paper: difference"] == "+0.072"
     f = plots.findings(dl, plots.paper_results(), "resnet18")
-    assert list(f["holds"]) == [True, True, False]  # linear and fine-tune deltas are equal here
+    # CI above 0: yes; 1% [0.05, 0.15] vs 100% [-0.01, 0.05] touch: no; equal deltas: no
+    assert list(f["holds"]) == ["yes", "no", "no"]
     assert plots.fmt_ci(float("nan"), 0, 1) == "" and plots.fmt_ci(0.5, np.nan, np.nan) == "0.500"
 
 
 def test_findings_say_when_inputs_are_missing():
     _, dl = fake_results()
     f = plots.findings(dl[dl.experiment == "linear"], plots.paper_results())
-    assert f["ours"].iloc[2] == "not run" and not f["holds"].iloc[2]
+    assert f["ours"].iloc[2] == "not run" and f["holds"].iloc[2] == "not run"
+
+
+def _deltas(rows):
+    return pd.DataFrame([dict(experiment=e, backbone="resnet18", label_fraction=f,
+                              comparison="moco - random", delta=d, ci_low=lo, ci_high=hi)
+                         for e, f, d, lo, hi in rows])
+
+
+@pytest.mark.parametrize("rows, expected", [
+    # noise that a point estimate would call a finding: every verdict must read "no"
+    ([("linear", 0.001, 0.009, -0.02, 0.04), ("linear", 1.0, -0.158, -0.274, -0.043),
+      ("finetune", 0.001, 0.008, -0.03, 0.05)], ["no", "no", "no"]),
+    # the effect, clearly: every verdict reads "yes"
+    ([("linear", 0.001, 0.12, 0.08, 0.16), ("linear", 1.0, 0.01, -0.01, 0.03),
+      ("finetune", 0.001, 0.0, -0.03, 0.03)], ["yes", "yes", "yes"]),
+    # above zero, but the CIs of the two fractions overlap: shrinking is not shown
+    ([("linear", 0.001, 0.06, 0.01, 0.11), ("linear", 1.0, 0.03, 0.00, 0.06),
+      ("finetune", 0.001, 0.05, 0.00, 0.10)], ["yes", "no", "no"]),
+])
+def test_findings_hold_only_when_the_cis_say_so(rows, expected):
+    f = plots.findings(_deltas(rows), plots.paper_results(), "resnet18")
+    assert list(f["holds"]) == expected
 
 
 def test_image_figures():
@@ -118,3 +141,18 @@ def test_curves_roc_and_embedding():
     plt.close(fig)
     with pytest.raises(ValueError, match="umap"):
         plots.embed_2d(X, method="tsne")
+
+
+def test_seed_effects_draws_every_seed_and_the_pooled_mean():
+    per_seed = pd.DataFrame([dict(seed=s, experiment="linear", backbone="resnet18",
+                                  label_fraction=f, comparison="moco - random", delta=d,
+                                  ci_low=d - 0.03, ci_high=d + 0.03)
+                             for s, d in ((0, 0.05), (1, 0.07)) for f in (0.01, 1.0)])
+    pooled = per_seed.groupby(["experiment", "backbone", "label_fraction", "comparison"],
+                              as_index=False)[["delta", "ci_low", "ci_high"]].mean()
+    fig = plots.seed_effects(per_seed, pooled, ["linear", "finetune"])
+    (ax,) = fig.axes  # finetune has no pooled rows: one panel
+    assert len(ax.containers) == 3  # two seeds and the pooled series
+    plt.close(fig)
+    with pytest.raises(ValueError, match="no pooled deltas"):
+        plots.seed_effects(per_seed, pooled, ["finetune"])

@@ -303,3 +303,43 @@ def test_finetune_keeps_the_best_validation_epoch():
     with pytest.raises(ValueError, match="both classes"):
         train.finetune("resnet18", "random", images, tr, np.zeros(24, int), va, y[va], va,
                        MEAN, STD, fcfg)
+
+
+def test_finetune_head_warmup_freezes_the_encoder_and_its_batchnorm(tmp_path, monkeypatch):
+    images, y = tiny_images(40, seed=3)
+    tr, va = np.arange(24), np.arange(24, 40)
+    net = models.create_backbone("resnet18", init="random", seed=5)
+    path = models.export_backbone(net, tmp_path / "b.pt")
+    before = torch.load(path, weights_only=True)
+    kept = {}
+    real = train.predict
+    def spy(model, *a, **k):  # the state after the (only) epoch
+        kept.update({n: t.detach().clone() for n, t in model.state_dict().items()})
+        return real(model, *a, **k)
+    monkeypatch.setattr(train, "predict", spy)
+    fcfg = train.FinetuneConfig(image_size=32, batch_size=8, max_epochs=1, device="cpu",
+                                head_warmup_epochs=1)
+    train.finetune("resnet18", str(path), images, tr, y[tr], va, y[va], va, MEAN, STD, fcfg)
+    body = [n for n in before if not n.startswith("fc.")]
+    assert all(torch.equal(before[n], kept[n]) for n in body)  # weights and BN statistics
+    fresh_head = train._replace_head(models.create_backbone("resnet18", seed=0), 0).fc.weight
+    assert kept["fc.weight"].shape == fresh_head.shape
+    assert not torch.equal(kept["fc.weight"], fresh_head.detach())  # the head did train
+    # without warm-up the same epoch moves the encoder and its running statistics
+    fcfg.head_warmup_epochs = 0
+    train.finetune("resnet18", str(path), images, tr, y[tr], va, y[va], va, MEAN, STD, fcfg)
+    assert not torch.equal(before["conv1.weight"], kept["conv1.weight"])
+    assert not torch.equal(before["bn1.running_mean"], kept["bn1.running_mean"])
+
+
+def test_finetune_optimizer_groups_and_bad_options():
+    model = train._replace_head(models.create_backbone("resnet18", seed=0), 0)
+    opt = train._finetune_optimizer(model, train.FinetuneConfig(lr=1e-3, encoder_lr_scale=0.1),
+                                    torch.device("cpu"))
+    body, head = opt.param_groups
+    assert body["lr"] == pytest.approx(1e-4) and head["lr"] == pytest.approx(1e-3)
+    assert {id(p) for p in head["params"]} == {id(p) for p in model.fc.parameters()}
+    assert len(body["params"]) + len(head["params"]) == len(list(model.parameters()))
+    with pytest.raises(ValueError, match="encoder_lr_scale"):
+        train._finetune_optimizer(model, train.FinetuneConfig(encoder_lr_scale=0),
+                                  torch.device("cpu"))

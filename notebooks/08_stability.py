@@ -1,0 +1,136 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # How stable is the effect?
+#
+# Every confidence interval on the earlier pages resamples the *test images* of one run. It
+# says nothing about the run itself: pretrain again with another seed (another data order,
+# other augmentations, other initial weights and, on the embedded data, other phantoms) and
+# the MoCo advantage moves. A claim about MoCo pretraining is a claim about training runs, so
+# this page pools several of them.
+#
+# A **seeds batch** runs the whole pipeline once per seed, each in its own run folder, and
+# pools the paired differences (MoCo minus baseline) over the seeds:
+#
+# ```bash
+# python -m mocoxr.book run --profile quick --seeds 0 1 2
+# ```
+#
+# The pooled difference is the mean over seeds. Its 95% CI adds the seed-to-seed spread to the
+# test-set sampling (each seed's bootstrap standard error), and uses Student's t with one
+# degree of freedom fewer than the number of seeds: with three seeds the interval is 4.3
+# standard errors wide on each side, so it excludes zero only when the seeds agree. The
+# [methods page](../methods.md) gives the formula.
+
+# %% tags=["parameters"]
+run_dir = "../runs/interactive"  # run folder shared by all notebooks (the runner sets it)
+backbone = "resnet18"
+baseline = "random"  # the init MoCo was compared with
+recorded = "book/recorded/seeds-quick"  # pooled tables shipped with the book (project-relative)
+
+# %%
+import matplotlib.pyplot as plt
+import numpy as np
+from IPython.display import HTML, display
+
+from mocoxr import book, plots, seeds
+
+folder, kind = seeds.find_pooled(run_dir, book.project_root() / recorded)
+pooled = seeds.read_pooled(folder)
+deltas, per_seed, results = pooled["deltas"], pooled["per_seed"], pooled["results"]
+deltas = deltas[deltas["backbone"] == backbone]
+n_seeds = int(per_seed["seed"].nunique())
+source = pooled["source"]
+book.glue("n_seeds", n_seeds)
+book.glue("seed_list", ", ".join(str(s) for s in sorted(per_seed["seed"].unique())))
+book.glue("pooled_source", "this run folder's seeds batch" if kind == "this run" else
+          f"the recorded batch `{source.get('command', '?')}` (finished "
+          f"{source.get('finished', '?')}, code {source.get('git_commit') or '?'})")
+print(f"{n_seeds} seeds from {kind}: {source.get('command', '')}")
+
+# %% [markdown]
+# These numbers come from {glue:text}`pooled_source`: {glue:text}`n_seeds` seeds
+# ({glue:text}`seed_list`).
+#
+# ## Every seed, and their mean
+#
+# Grey: each seed's own difference with its test-set CI. Coloured: the mean over seeds with the
+# pooled CI.
+
+# %%
+experiments_shown = ["linear", "finetune", "shenzhen_linear", "shenzhen_finetune"]
+fig = plots.seed_effects(per_seed, deltas, experiments_shown[:2], backbone)
+plt.show()
+fig = plots.seed_effects(per_seed, deltas, experiments_shown[2:], backbone)
+plt.show()
+
+# %% [markdown]
+# ## The pooled table
+
+# %%
+table = deltas.assign(
+    labels=deltas["label_fraction"].map(plots.pct),
+    experiment=deltas["experiment"].map(lambda e: plots.EXPERIMENT_TITLES.get(e, e)),
+    difference=[plots.fmt_ci(d, lo, hi, signed=True)
+                for d, lo, hi in zip(deltas["delta"], deltas["ci_low"], deltas["ci_high"])],
+    seed_sd=deltas["seed_sd"].map("{:.3f}".format),
+    verdict=[seeds.verdict(lo, hi) for lo, hi in zip(deltas["ci_low"], deltas["ci_high"])],
+)
+display(HTML(table[["experiment", "labels", "difference", "seed_sd", "n_seeds", "verdict"]]
+             .to_html(index=False, border=0)))
+
+# %% tags=["hide-input"]
+# numbers for the text below
+def pooled_row(exp: str, f: float):
+    hit = deltas[(deltas["experiment"] == exp) & np.isclose(deltas["label_fraction"], f)]
+    return hit.iloc[0] if len(hit) else None
+
+
+lin = deltas[deltas["experiment"] == "linear"].sort_values("label_fraction")
+small = lin[lin["label_fraction"] < 1.0]
+book.glue("n_lin_small_above", int((small["ci_low"] > 0).sum()))
+book.glue("n_lin_small", int(len(small)))
+book.glue("lin_small_fracs", ", ".join(plots.pct(f) for f in small["label_fraction"]))
+for tag, exp, f in (("lin_min", "linear", float(lin["label_fraction"].min())),
+                    ("ft_full", "finetune", 1.0), ("szl_min", "shenzhen_linear", 0.0625)):
+    r = pooled_row(exp, f)
+    book.glue(f"{tag}_frac", plots.pct(f))
+    book.glue(f"{tag}", plots.fmt_ci(r["delta"], r["ci_low"], r["ci_high"], signed=True)
+              if r is not None else "not run")
+    book.glue(f"{tag}_verdict", seeds.verdict(r["ci_low"], r["ci_high"]) if r is not None else "not run")
+sz_full = results[(results["experiment"] == "shenzhen_finetune")
+                  & np.isclose(results["label_fraction"], 1.0) & (results["backbone"] == backbone)]
+for init, tag in (("moco", "moco"), (baseline, "base")):
+    r = sz_full[sz_full["init"] == init]
+    book.glue(f"sz_ft_{tag}", f"{r['auc'].iloc[0]:.3f} (seeds {r['auc_min'].iloc[0]:.3f} to "
+              f"{r['auc_max'].iloc[0]:.3f})" if len(r) else "not run")
+book.glue("baseline", baseline)
+
+# %% [markdown]
+# ## What holds across seeds
+#
+# - **Linear probe.** The pooled CI of MoCo minus {glue:text}`baseline` lies above zero at
+#   {glue:text}`n_lin_small_above` of the {glue:text}`n_lin_small` label fractions below 100%
+#   ({glue:text}`lin_small_fracs`). At {glue:text}`lin_min_frac` of the labels the pooled
+#   difference is {glue:text}`lin_min` ({glue:text}`lin_min_verdict`).
+# - **Fine-tuning with all the labels.** MoCo minus {glue:text}`baseline` is
+#   {glue:text}`ft_full` ({glue:text}`ft_full_verdict`); the paper found no difference there
+#   (0.000 for ResNet18).
+# - **Transfer to Shenzhen.** Fine-tuned on all Shenzhen training images, the MoCo encoder
+#   reaches a mean AUC of {glue:text}`sz_ft_moco` and the {glue:text}`baseline` one
+#   {glue:text}`sz_ft_base`. The linear probe on {glue:text}`szl_min_frac` of the Shenzhen
+#   labels gains {glue:text}`szl_min` ({glue:text}`szl_min_verdict`).
+#
+# ## Summary
+#
+# - A single run's CI is about its test images; this page's CIs are about training runs too.
+#   Where a difference's verdict above reads "includes zero", the runs do not establish it,
+#   whatever a single run's CI said.
+# - Pooling more seeds narrows the interval: add seeds to the command above (each reuses the
+#   folders already computed), then rebuild the site.

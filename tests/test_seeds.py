@@ -1,0 +1,128 @@
+"""The seeds batch: per-seed folders, pooled deltas whose CI holds seed spread and test sampling."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from mocoxr import book, evaluate, seeds
+
+Z = stats.norm.ppf(0.975)
+
+
+def test_one_seed_gives_back_its_own_interval():
+    assert seeds.pooled_interval([0.05], [0.01], [0.09], shared_test_set=False)[:3] == (0.05, 0.01, 0.09)
+
+
+def test_independent_test_sets_use_the_seed_spread_with_a_t_quantile():
+    d, lo, hi = [0.02, 0.06, 0.10], [0.0, 0.04, 0.08], [0.04, 0.08, 0.12]
+    mean, low, high, sd = seeds.pooled_interval(d, lo, hi, shared_test_set=False)
+    assert mean == pytest.approx(0.06) and sd == pytest.approx(0.04)
+    half = stats.t.ppf(0.975, 2) * 0.04 / math.sqrt(3)  # the spread dominates the test noise
+    assert (low, high) == pytest.approx((0.06 - half, 0.06 + half))
+    assert low < 0 < high  # three seeds that disagree this much do not show an effect
+
+
+def test_a_shared_test_set_adds_its_sampling_error_in_full():
+    d, lo, hi = [0.05, 0.05, 0.05], [0.01, 0.01, 0.01], [0.09, 0.09, 0.09]
+    mean, low, high, sd = seeds.pooled_interval(d, lo, hi, shared_test_set=True)
+    se = 0.04 / Z  # no spread: what is left is the common test-set noise, not divided by n
+    assert sd == pytest.approx(0, abs=1e-12) and (low, high) == pytest.approx((0.05 - stats.t.ppf(0.975, 2) * se,
+                                                     0.05 + stats.t.ppf(0.975, 2) * se))
+    _, low_ind, high_ind, _ = seeds.pooled_interval(d, lo, hi, shared_test_set=False)
+    assert high_ind - low_ind < high - low  # independent test sets average their noise out
+
+
+def test_verdict_and_where_the_pooled_tables_come_from(tmp_path):
+    assert [seeds.verdict(*ci) for ci in ((0.01, 0.2), (-0.2, -0.01), (-0.01, 0.2))] == [
+        "above zero", "below zero", "includes zero"]
+    recorded = tmp_path / "recorded"
+    with pytest.raises(FileNotFoundError, match="--seeds 0 1 2"):
+        seeds.find_pooled(tmp_path / "run", recorded)
+    _write_deltas(recorded, 0)
+    assert seeds.find_pooled(tmp_path / "run", recorded) == (recorded, "recorded")
+    _write_deltas(tmp_path / "run" / "seeds", 0)
+    assert seeds.find_pooled(tmp_path / "run", recorded) == (tmp_path / "run" / "seeds", "this run")
+
+
+def test_pooled_interval_rejects_bad_input():
+    with pytest.raises(ValueError, match="inside its own CI"):
+        seeds.pooled_interval([0.2], [0.0], [0.1], False)
+    with pytest.raises(ValueError, match="one delta"):
+        seeds.pooled_interval([0.1, 0.2], [0.0], [0.3], False)
+
+
+def _write_deltas(folder, shift):
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [dict(experiment=e, backbone="resnet18", label_fraction=f, comparison="moco - random",
+                 delta=0.05 + shift, ci_low=0.01 + shift, ci_high=0.09 + shift)
+            for e in ("linear", "shenzhen_linear") for f in (0.01, 1.0)]
+    pd.DataFrame(rows, columns=evaluate.DELTAS_COLUMNS).to_csv(folder / "deltas.csv", index=False)
+    res = [dict(experiment="linear", backbone="resnet18", init=i, label_fraction=1.0, draw=d,
+                auc=0.8 + shift + (0.05 if i == "moco" else 0) + (0.3 if d >= 0 else 0),
+                ci_low=0.7, ci_high=0.9, n_train=10, n_test=100)
+           for i in ("moco", "random") for d in (-1, 0)]
+    pd.DataFrame(res).to_csv(folder / "results.csv", index=False)
+
+
+def test_pool_seed_folders_writes_per_seed_and_pooled_tables(tmp_path):
+    for s, shift in ((0, 0.0), (1, 0.02), (2, -0.02)):
+        _write_deltas(seeds.seed_dir(tmp_path, s), shift)
+    paths = seeds.pool_seed_folders(tmp_path, [0, 1, 2], {"linear": False, "shenzhen_linear": True})
+    pooled = pd.read_csv(paths["deltas"])
+    assert list(pooled.columns) == [*evaluate.DELTAS_COLUMNS, "n_seeds", "seed_sd"]
+    assert len(pooled) == 4 and (pooled["n_seeds"] == 3).all()
+    assert np.allclose(pooled["delta"], 0.05) and np.allclose(pooled["seed_sd"], 0.02)
+    lin = pooled[pooled.experiment == "linear"].iloc[0]
+    sz = pooled[pooled.experiment == "shenzhen_linear"].iloc[0]
+    assert sz["ci_high"] - sz["ci_low"] > lin["ci_high"] - lin["ci_low"]  # shared test set
+    assert len(pd.read_csv(paths["per_seed"])) == 12
+    res = pd.read_csv(paths["results"]).set_index("init")  # the draw-averaged rows only
+    assert res.loc["moco", "auc"] == pytest.approx(0.85) and res.loc["random", "auc_sd"] == pytest.approx(0.02)
+    assert res.loc["random", "auc_min"] == pytest.approx(0.78) and (res["n_seeds"] == 3).all()
+    with pytest.raises(FileNotFoundError, match="seed 3 has no results"):
+        seeds.pool_seed_folders(tmp_path, [0, 3], False)
+
+
+def test_run_seeds_runs_each_seed_in_its_folder_and_pools_only_when_all_finish(tmp_path):
+    calls = []
+
+    def run_one(seed, folder):
+        calls.append((seed, folder))
+        if seed == 7:
+            return False
+        _write_deltas(folder, 0.01 * seed)
+        return True
+
+    paths = seeds.run_seeds(run_one, tmp_path, [0, 1], False, "cmd", echo=lambda *_: None)
+    assert calls == [(0, tmp_path / "seed-0"), (1, tmp_path / "seed-1")]
+    source = json.loads(paths["source"].read_text())
+    assert source["seeds"] == [0, 1] and source["command"] == "cmd"
+    assert seeds.read_pooled(tmp_path / "seeds")["deltas"]["n_seeds"].eq(2).all()
+    assert seeds.run_seeds(run_one, tmp_path / "b", [0, 7], False, echo=lambda *_: None) is None
+    assert not (tmp_path / "b" / "seeds").exists()
+    with pytest.raises(ValueError, match="distinct"):
+        seeds.run_seeds(run_one, tmp_path, [1, 1], False)
+
+
+def test_cli_seeds_batch_passes_each_seed_and_its_folder(tmp_path, monkeypatch):
+    seen = []
+    prof = book.load_profile("quick")
+
+    def fake_run_profile(profile, run_dir, overrides=None, select=None, **kw):
+        kept = [r.notebook for r in prof.runs if select(r)]
+        seen.append((run_dir, overrides, kept, kw.get("force")))
+        if run_dir != tmp_path:
+            _write_deltas(run_dir, 0.0)
+        return [book.Outcome(r, "ran") for r in kept]
+
+    monkeypatch.setattr(book, "run_profile", fake_run_profile)
+    assert book.main(["run", "--profile", "quick", "--run-dir", str(tmp_path), "--seeds", "3", "4"]) == 0
+    pipeline = [r.notebook for r in prof.runs if r.notebook != "08_stability"]
+    assert seen == [(tmp_path / "seed-3", {"seed": 3}, pipeline, False),
+                    (tmp_path / "seed-4", {"seed": 4}, pipeline, False),
+                    (tmp_path, {}, ["08_stability"], True)]  # the pooled page, in the base folder
+    assert (tmp_path / "seeds" / "deltas.csv").is_file()
