@@ -182,8 +182,8 @@ class PhantomPopulation:
     # --- Shenzhen (TB screening, PA upright) --------------------------------------------------
     shenzhen_tb_fraction: float = 336 / 662
     shenzhen_rgb_fraction: float = 0.15     # 8-bit RGB with equal channels
-    tb_severity_beta: tuple[float, float] = (1.3, 1.8)
-    tb_severity_min: float = 0.08
+    tb_severity_beta: tuple[float, float] = (2.0, 1.5)   # mean severity 0.70: findings a
+    tb_severity_min: float = 0.3                         # 64 px model learns from ~430 images
     tb_effusion_prob: float = 0.12          # tuberculous pleurisy
     shenzhen_other_prob: float = 0.08       # unrelated minor findings in either class
 

@@ -209,3 +209,13 @@ def test_site_builds_with_results_page_table_and_figures(tiny):
         p = html_dir / "book" / "executed" / f"{nb}.html"
         assert p.is_file() and "<img" in p.read_text(), nb
     assert (html_dir / "book" / "methods.html").is_file() and (html_dir / "book" / "usage.html").is_file()
+
+
+def test_stability_page_reads_the_pooled_seeds(tiny):
+    run_dir = tiny[0]
+    g = glued(run_dir, "08_stability")
+    recorded = book.project_root() / "book" / "recorded" / "seeds-quick"
+    per_seed = pd.read_csv(recorded / "per_seed.csv")
+    assert g["n_seeds"] == per_seed["seed"].nunique() >= 2
+    assert "--seeds" in g["pooled_source"]  # no seeds batch in the tiny run: the recorded one
+    assert 0 <= g["n_lin_small_above"] <= g["n_lin_small"]

@@ -126,3 +126,16 @@ def test_cli_seeds_batch_passes_each_seed_and_its_folder(tmp_path, monkeypatch):
                     (tmp_path / "seed-4", {"seed": 4}, pipeline, False),
                     (tmp_path, {}, ["08_stability"], True)]  # the pooled page, in the base folder
     assert (tmp_path / "seeds" / "deltas.csv").is_file()
+
+
+def test_the_recorded_batch_is_what_its_per_seed_table_pools_to():
+    """book/recorded/seeds-quick ships with the book: its pooled table must follow from its
+    per-seed table by the code above (nobody edits numbers by hand)."""
+    folder = book.project_root() / "book" / "recorded" / "seeds-quick"
+    rec = seeds.read_pooled(folder)
+    shared = rec["source"]["shared_test_set"]
+    again = seeds.pool_deltas(rec["per_seed"], shared)
+    pd.testing.assert_frame_equal(again.reset_index(drop=True), rec["deltas"].reset_index(drop=True),
+                                  check_dtype=False)
+    assert rec["source"]["command"].startswith("python -m mocoxr.book run --profile quick --seeds")
+    assert sorted(rec["per_seed"]["seed"].unique()) == rec["source"]["seeds"]
