@@ -15,6 +15,8 @@ Files written by :func:`pretrain` in its ``out_dir``:
   columns on the steps where it ran (``step 0`` is the monitor's value before training, with
   ``loss`` empty).
 - ``backbone.pt``: the query encoder as a plain torchvision state dict (``models.export_backbone``).
+- ``backbone.card.json``: its model card (``weights.make_card``: input size, normalisation, recipe,
+  data, steps, monitor AUCs, date, mocoxr version, sha256 of ``backbone.pt``).
 
 **Distributed.** :func:`pretrain` also runs under ``torchrun`` (see ``mocoxr.distributed``): when
 ``torch.distributed`` is initialised with more than one process, ``cfg.batch_size`` is the
@@ -39,7 +41,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -368,9 +370,26 @@ def _write_log(path: Path, log: list[dict]) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- pretraining
 
 
+def _write_card(backbone_path: Path, cfg: PretrainConfig, mean: float, std: float, step: int,
+                log: pd.DataFrame, rows: np.ndarray, data: Mapping[str, Any] | None,
+                only_missing: bool = False) -> None:
+    """The model card beside the exported backbone (``weights.write_model_card``)."""
+    from mocoxr import weights
+
+    if only_missing:
+        try:
+            weights.read_model_card(backbone_path)
+            return
+        except (FileNotFoundError, ValueError):
+            pass  # no card yet, or a stale one: write it
+    weights.write_model_card(backbone_path, backbone=cfg.backbone, input_size=cfg.image_size,
+                             mean=mean, std=std, recipe=config_dict(cfg), steps=step, log=log,
+                             data={"pretraining_images": int(len(rows)), **dict(data or {})})
+
+
 def pretrain(images: np.ndarray, rows: np.ndarray, cfg: PretrainConfig, out_dir: str | Path,
              mean: float, std: float, monitor: Callable[[nn.Module], dict] | None = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, data: Mapping[str, Any] | None = None) -> dict:
     """MoCo v2 pretraining on rows of a uint8 image cache; resumes and caches in ``out_dir``.
 
     ``images``: (N, H, W) uint8 (memmap fine); ``rows``: the positional rows to train on;
@@ -427,7 +446,10 @@ def pretrain(images: np.ndarray, rows: np.ndarray, cfg: PretrainConfig, out_dir:
             raise ValueError(f"checkpoint {ckpt_path} is at step {ckpt['step']}, past the "
                              f"{total} steps requested; use another out_dir")
         if ckpt["step"] == total and ckpt["done"] and backbone_path.exists() and log_path.exists():
-            return {**paths, "log": pd.read_csv(log_path), "step": total, "cached": True}
+            df = pd.read_csv(log_path)
+            if rank == 0:
+                _write_card(backbone_path, cfg, mean, std, total, df, rows, data, only_missing=True)
+            return {**paths, "log": df, "step": total, "cached": True}
 
     # --- model, optimizer, state
     device = resolve_device(cfg.device)
@@ -572,6 +594,7 @@ def pretrain(images: np.ndarray, rows: np.ndarray, cfg: PretrainConfig, out_dir:
     if rank == 0:
         model.export_backbone(backbone_path)
         df = _write_log(log_path, log)
+        _write_card(backbone_path, cfg, mean, std, step, df, rows, data)
     else:
         df = pd.DataFrame(log)
     if world > 1:
