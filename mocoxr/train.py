@@ -913,13 +913,15 @@ def predict(model: nn.Module, images: np.ndarray, rows: np.ndarray, mean: float,
 def finetune(backbone: str, init: str, images: np.ndarray, train_rows: np.ndarray,
              train_y: np.ndarray, val_rows: np.ndarray, val_y: np.ndarray,
              test_rows: np.ndarray, mean: float, std: float, cfg: FinetuneConfig,
-             return_history: bool = False, progress: bool = False):
+             return_history: bool = False, progress: bool = False,
+             save_model: str | Path | None = None):
     """End-to-end fine-tuning of a torchvision backbone with a one-logit head.
 
     ``init``: ``random``, ``imagenet`` or a checkpoint / exported state dict path
     (``models.create_backbone``). Adam (``cfg.lr``), epochs ``min(probe_epochs(f),
     cfg.max_epochs)``, augmented training batches (seeded by (seed, epoch, batch)), validation
-    AUC after every epoch; the best epoch's weights score the test rows. Returns test scores,
+    AUC after every epoch; the best epoch's weights score the test rows (and are written to
+    ``save_model`` when given: the torchvision state dict with a 1-output head). Returns test scores,
     or ``(scores, history DataFrame[epoch, train_loss, val_auc, best])`` with ``return_history``.
     """
     train_rows = _check_images(images, train_rows, "train_rows")
@@ -982,6 +984,8 @@ def finetune(backbone: str, init: str, images: np.ndarray, train_rows: np.ndarra
             best = (val_auc, {k: v.detach().to("cpu", copy=True)
                               for k, v in model.state_dict().items()}, epoch + 1)
     model.load_state_dict(best[1])
+    if save_model is not None:
+        models._atomic_save(best[1], save_model)
     scores = predict(model, images, test_rows, mean, std, cfg.image_size, cfg.eval_batch_size,
                      use_amp)
     if not return_history:
