@@ -156,3 +156,46 @@ def test_temperature_scaling_repairs_overconfidence_and_keeps_the_ranking():
     assert table["ece_after"].iloc[0] < table["ece_before"].iloc[0]
     with pytest.raises(ValueError, match="temperature"):
         calibration.apply_temperature(over, 0.0)
+
+
+# ----------------------------------------------------------------------------- kept models
+
+
+def test_finetune_keeps_first_draw_models_that_reproduce_their_predictions(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from mocoxr import evaluate, experiments
+    from mocoxr.data import PreparedDataset
+
+    rng = np.random.default_rng(0)
+    y = np.arange(40) % 2
+    images = rng.integers(0, 160, (40, 32, 32), dtype=np.uint8)
+    images[y == 1, 16:, :16] = 250
+    split = np.array(["train"] * 20 + ["val"] * 10 + ["test"] * 10)
+    manifest = pd.DataFrame({"path": [f"/x/{i}.png" for i in range(40)],
+                             "patient": [f"p{i}" for i in range(40)], "label": y, "split": split})
+    subsets = pd.DataFrame({"label_fraction": 1.0, "draw": [0] * 20 + [1] * 20,
+                            "row": list(range(20)) * 2, "train_row": list(range(20)) * 2})
+    prep = PreparedDataset("t", manifest, subsets, tmp_path / "t.csv", tmp_path / "ts.csv")
+    kw = dict(mean=0.4, std=0.25, image_size=32, out_dir=tmp_path, max_epochs=1, n_boot=20,
+              batch_size=8, device="cpu", progress=False, keep_models=True)
+    experiments.run_finetune_experiment(prep, images, {"random": "random"}, "resnet18", **kw)
+    kept = sorted(p.name for p in (tmp_path / "finetune").glob("*__model.pt"))
+    assert kept == ["finetune__resnet18__random__f1__d0__model.pt"]  # first draw only
+    model = experiments.load_finetuned(tmp_path, "finetune", "resnet18", "random", 1.0)
+    rows, _, saved = evaluate.load_predictions(tmp_path / "predictions", "finetune", "resnet18",
+                                               "random", 1.0, 0)
+    np.testing.assert_allclose(train.predict(model, images, rows, 0.4, 0.25, 32), saved,
+                               rtol=1e-4, atol=1e-5)
+    assert saliency.grad_cam_rows(model, images, rows[:2], 0.4, 0.25, 32).shape == (2, 32, 32)
+    # reused when kept; a missing kept model is trained again (draw 0 only)
+    calls = []
+    real = train.finetune
+    monkeypatch.setattr(train, "finetune", lambda *a, **k: calls.append(k) or real(*a, **k))
+    experiments.run_finetune_experiment(prep, images, {"random": "random"}, "resnet18", **kw)
+    assert calls == []
+    (tmp_path / "finetune" / kept[0]).unlink()
+    experiments.run_finetune_experiment(prep, images, {"random": "random"}, "resnet18", **kw)
+    assert len(calls) == 1 and (tmp_path / "finetune" / kept[0]).is_file()
+    with pytest.raises(FileNotFoundError, match="keep_models=True"):
+        experiments.load_finetuned(tmp_path, "finetune", "resnet18", "random", 1.0, draw=1)
