@@ -110,6 +110,8 @@ def plot_cams(images: np.ndarray, cams: dict[str, np.ndarray], masks: np.ndarray
     import matplotlib.pyplot as plt
 
     n, k = len(images), len(cams)
+    if n == 0:
+        raise ValueError("plot_cams: no images to show")
     fig, axes = plt.subplots(n, k + 1, figsize=(1.9 * (k + 1), 1.9 * n), squeeze=False)
     for i in range(n):
         ax = axes[i, 0]
