@@ -201,7 +201,7 @@ def run_finetune_experiment(prepared: Any, images: np.ndarray, backbones: Mappin
                             batch_size: int = 16, lr: float = 1e-4,
                             augment: Mapping[str, Any] | None = None,
                             overwrite: bool = False, progress: bool = True,
-                            keep_models: bool = False) -> pd.DataFrame:
+                            keep_models: bool | Sequence[float] = False) -> pd.DataFrame:
     """End-to-end fine-tuning (``train.finetune``) for every (init, label fraction, draw),
     with at most ``max_draws`` draws per fraction and ``max_epochs`` epochs (CPU budgets), Adam
     at ``lr`` (the paper: 1e-4).
@@ -209,8 +209,9 @@ def run_finetune_experiment(prepared: Any, images: np.ndarray, backbones: Mappin
     A model whose predictions exist and whose key (weights hash of the init, fine-tuning
     config, train rows) matches ``out_dir/finetune/<name>.json`` is not retrained unless
     ``overwrite``; the validation-AUC history of each model is saved next to its key as CSV.
-    ``keep_models``: the first draw's model of every (init, fraction) is also kept, as
-    ``<name>__model.pt`` beside its key (see :func:`load_finetuned`); a missing one is retrained.
+    ``keep_models``: the first draw's model of every (init, fraction) (True) or of the given
+    fractions is also kept, as ``<name>__model.pt`` beside its key (see :func:`load_finetuned`);
+    a missing one is retrained.
     Rows are upserted into ``out_dir/results.csv`` and returned.
     """
     out_dir = Path(out_dir)
@@ -240,7 +241,9 @@ def run_finetune_experiment(prepared: Any, images: np.ndarray, backbones: Mappin
                        "test_rows_n": int(len(test_rows))}
                 name = f"{experiment}__{backbone_name}__{_tag(init_name)}__f{f:g}__d{d}"
                 key_file = state_dir / f"{name}.json"
-                keep = state_dir / f"{name}__model.pt" if keep_models and d == draws[0] else None
+                keep_f = keep_models is True or (not isinstance(keep_models, bool) and any(
+                    np.isclose(f, k) for k in keep_models))
+                keep = state_dir / f"{name}__model.pt" if keep_f and d == draws[0] else None
                 s = None
                 if not overwrite and key_file.exists() and json.loads(key_file.read_text()) == key \
                         and (keep is None or keep.is_file()):

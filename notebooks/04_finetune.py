@@ -63,6 +63,8 @@ ds = book.load_dataset(run_dir, "chexpert", folder, image_size, chexpert, seed=s
 backbones = {"moco": str(paths.moco_backbone(backbone)), baseline: baseline}
 epochs = {f: min(train.probe_epochs(f), finetune["max_epochs"] or 10**9)
           for f in chexpert["fractions"]}
+fractions = finetune["fractions"] or chexpert["fractions"]
+keep = (min(fractions), max(fractions))  # models kept for Grad-CAM and calibration
 print("epochs per label fraction:", {plots.pct(f): e for f, e in epochs.items()})
 
 # %% [markdown]
@@ -75,7 +77,7 @@ print("epochs per label fraction:", {plots.pct(f): e for f, e in epochs.items()}
 res = experiments.run_finetune_experiment(
     ds.prepared, ds.images, backbones, backbone, mean=ds.mean, std=ds.std,
     image_size=image_size, out_dir=paths.root, experiment="finetune", n_boot=n_boot,
-    seed=seed, device=device, keep_models=True, **finetune,
+    seed=seed, device=device, keep_models=keep, **finetune,
 )
 dl = experiments.compute_deltas(paths.root, "finetune", backbone, ("moco", baseline),
                                 n_boot=n_boot, seed=seed)

@@ -199,3 +199,7 @@ def test_finetune_keeps_first_draw_models_that_reproduce_their_predictions(tmp_p
     assert len(calls) == 1 and (tmp_path / "finetune" / kept[0]).is_file()
     with pytest.raises(FileNotFoundError, match="keep_models=True"):
         experiments.load_finetuned(tmp_path, "finetune", "resnet18", "random", 1.0, draw=1)
+    other = tmp_path / "other"
+    experiments.run_finetune_experiment(prep, images, {"random": "random"}, "resnet18",
+                                        **{**kw, "out_dir": other, "keep_models": [0.5]})
+    assert not list((other / "finetune").glob("*__model.pt"))  # only the fractions asked for
