@@ -656,7 +656,9 @@ def summary(outcomes: Sequence[Outcome]) -> str:
 
 def stage_site(prof: Profile, rd: RunPaths, root: Path, echo=print) -> Path:
     """Assemble the book's source (config, prose, the profile's executed notebooks, the CSVs)
-    in ``<run_dir>/site`` and return it. Files keep their times so Sphinx rebuilds only changes."""
+    in ``<run_dir>/site`` and return it. Files keep their times so Sphinx rebuilds only changes.
+    Notebooks go through ``site.stage_notebook`` (paths relative to the run folder, parameters
+    within 90 columns); ``book/time.md`` is generated (``site.time_page``)."""
     site = rd.root / "site"
     (site / "book").mkdir(parents=True, exist_ok=True)
     for name in BOOK_FILES:
@@ -673,12 +675,15 @@ def stage_site(prof: Profile, rd: RunPaths, root: Path, echo=print) -> Path:
     if executed.exists():
         shutil.rmtree(executed)
     executed.mkdir()
-    found = 0
+    found = []
+    from mocoxr import site as site_pages
+
     for run in prof.runs:
         nb = rd.executed_nb(run.run_id)
         if nb.is_file():
-            shutil.copy2(nb, executed / nb.name)
-            found += 1
+            pairs = site_pages.path_replacements(rd.root, root, run.parameters)
+            site_pages.stage_notebook(nb, executed / nb.name, pairs)
+            found.append(nb)
         else:
             echo(f"warning: {run.run_id} has no executed notebook ({nb}); its page is left out")
     if not found:
@@ -688,6 +693,8 @@ def stage_site(prof: Profile, rd: RunPaths, root: Path, echo=print) -> Path:
     for name in SITE_CSVS:
         if (rd.root / name).is_file():
             shutil.copy2(rd.root / name, site / name)
+    site_pages.copy_extras(root / "book", site)
+    site_pages.write_time_page(site / "book", found, prof.name)
     return site
 
 

@@ -28,6 +28,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 
 from mocoxr import evaluate, models, train
 
@@ -200,7 +201,8 @@ def run_finetune_experiment(prepared: Any, images: np.ndarray, backbones: Mappin
                             batch_size: int = 16, lr: float = 1e-4,
                             augment: Mapping[str, Any] | None = None,
                             head_warmup_epochs: int = 0, encoder_lr_scale: float = 1.0,
-                            overwrite: bool = False, progress: bool = True) -> pd.DataFrame:
+                            overwrite: bool = False, progress: bool = True,
+                            keep_models: bool | Sequence[float] = False) -> pd.DataFrame:
     """End-to-end fine-tuning (``train.finetune``) for every (init, label fraction, draw),
     with at most ``max_draws`` draws per fraction and ``max_epochs`` epochs (CPU budgets), Adam
     at ``lr`` (the paper: 1e-4); ``head_warmup_epochs`` and ``encoder_lr_scale`` as in
@@ -209,6 +211,9 @@ def run_finetune_experiment(prepared: Any, images: np.ndarray, backbones: Mappin
     A model whose predictions exist and whose key (weights hash of the init, fine-tuning
     config, train rows) matches ``out_dir/finetune/<name>.json`` is not retrained unless
     ``overwrite``; the validation-AUC history of each model is saved next to its key as CSV.
+    ``keep_models``: the first draw's model of every (init, fraction) (True) or of the given
+    fractions is also kept, as ``<name>__model.pt`` beside its key (see :func:`load_finetuned`);
+    a missing one is retrained.
     Rows are upserted into ``out_dir/results.csv`` and returned.
     """
     out_dir = Path(out_dir)
@@ -240,8 +245,12 @@ def run_finetune_experiment(prepared: Any, images: np.ndarray, backbones: Mappin
                        "test_rows_n": int(len(test_rows))}
                 name = f"{experiment}__{backbone_name}__{_tag(init_name)}__f{f:g}__d{d}"
                 key_file = state_dir / f"{name}.json"
+                keep_f = keep_models is True or (not isinstance(keep_models, bool) and any(
+                    np.isclose(f, k) for k in keep_models))
+                keep = state_dir / f"{name}__model.pt" if keep_f and d == draws[0] else None
                 s = None
-                if not overwrite and key_file.exists() and json.loads(key_file.read_text()) == key:
+                if not overwrite and key_file.exists() and json.loads(key_file.read_text()) == key \
+                        and (keep is None or keep.is_file()):
                     try:
                         r, _, s = evaluate.load_predictions(pred_dir, experiment, backbone_name,
                                                             init_name, f, d)
@@ -252,7 +261,8 @@ def run_finetune_experiment(prepared: Any, images: np.ndarray, backbones: Mappin
                     key_file.unlink(missing_ok=True)
                     s, hist = train.finetune(backbone_name, spec, images, tr, prepared.labels(tr),
                                              val_rows, y_val, test_rows, mean, std, cfg,
-                                             return_history=True, progress=progress)
+                                             return_history=True, progress=progress,
+                                             save_model=keep)
                     hist.to_csv(state_dir / f"{name}__history.csv", index=False)
                     evaluate.save_predictions(pred_dir, experiment, backbone_name, init_name, f,
                                               d, test_rows, y_test, s)
@@ -262,6 +272,20 @@ def run_finetune_experiment(prepared: Any, images: np.ndarray, backbones: Mappin
             rows += _score_rows(experiment, backbone_name, init_name, f, draws, scores,
                                 n_train, y_test, n_boot, seed, progress)
     return _write_results(out_dir, rows)
+
+
+def load_finetuned(out_dir: str | Path, experiment: str, backbone_name: str, init_name: str,
+                   fraction: float, draw: int = 0):
+    """A model kept by ``run_finetune_experiment(..., keep_models=True)``: the torchvision
+    ``backbone_name`` with its one-logit head, in eval mode."""
+    name = f"{experiment}__{backbone_name}__{_tag(init_name)}__f{float(fraction):g}__d{int(draw)}"
+    path = Path(out_dir) / "finetune" / f"{name}__model.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"no kept fine-tuned model {path}: run run_finetune_experiment "
+                                "with keep_models=True")
+    model = train._replace_head(models.create_backbone(backbone_name), 0)
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.eval()
 
 
 # ----------------------------------------------------------------------------- deltas

@@ -15,6 +15,8 @@ Files written by :func:`pretrain` in its ``out_dir``:
   columns on the steps where it ran (``step 0`` is the monitor's value before training, with
   ``loss`` empty).
 - ``backbone.pt``: the query encoder as a plain torchvision state dict (``models.export_backbone``).
+- ``backbone.card.json``: its model card (``weights.make_card``: input size, normalisation, recipe,
+  data, steps, monitor AUCs, date, mocoxr version, sha256 of ``backbone.pt``).
 
 **Distributed.** :func:`pretrain` also runs under ``torchrun`` (see ``mocoxr.distributed``): when
 ``torch.distributed`` is initialised with more than one process, ``cfg.batch_size`` is the
@@ -39,7 +41,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -374,9 +376,26 @@ def _write_log(path: Path, log: list[dict]) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- pretraining
 
 
+def _write_card(backbone_path: Path, cfg: PretrainConfig, mean: float, std: float, step: int,
+                log: pd.DataFrame, rows: np.ndarray, data: Mapping[str, Any] | None,
+                only_missing: bool = False) -> None:
+    """The model card beside the exported backbone (``weights.write_model_card``)."""
+    from mocoxr import weights
+
+    if only_missing:
+        try:
+            weights.read_model_card(backbone_path)
+            return
+        except (FileNotFoundError, ValueError):
+            pass  # no card yet, or a stale one: write it
+    weights.write_model_card(backbone_path, backbone=cfg.backbone, input_size=cfg.image_size,
+                             mean=mean, std=std, recipe=config_dict(cfg), steps=step, log=log,
+                             data={"pretraining_images": int(len(rows)), **dict(data or {})})
+
+
 def pretrain(images: np.ndarray, rows: np.ndarray, cfg: PretrainConfig, out_dir: str | Path,
              mean: float, std: float, monitor: Callable[[nn.Module], dict] | None = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, data: Mapping[str, Any] | None = None) -> dict:
     """MoCo v2 pretraining on rows of a uint8 image cache; resumes and caches in ``out_dir``.
 
     ``images``: (N, H, W) uint8 (memmap fine); ``rows``: the positional rows to train on;
@@ -437,7 +456,10 @@ def pretrain(images: np.ndarray, rows: np.ndarray, cfg: PretrainConfig, out_dir:
             raise ValueError(f"checkpoint {ckpt_path} is at step {ckpt['step']}, past the "
                              f"{total} steps requested; use another out_dir")
         if ckpt["step"] == total and ckpt["done"] and backbone_path.exists() and log_path.exists():
-            return {**paths, "log": pd.read_csv(log_path), "step": total, "cached": True}
+            df = pd.read_csv(log_path)
+            if rank == 0:
+                _write_card(backbone_path, cfg, mean, std, total, df, rows, data, only_missing=True)
+            return {**paths, "log": df, "step": total, "cached": True}
 
     # --- model, optimizer, state
     device = resolve_device(cfg.device)
@@ -583,6 +605,7 @@ def pretrain(images: np.ndarray, rows: np.ndarray, cfg: PretrainConfig, out_dir:
     if rank == 0:
         model.export_backbone(backbone_path)
         df = _write_log(log_path, log)
+        _write_card(backbone_path, cfg, mean, std, step, df, rows, data)
     else:
         df = pd.DataFrame(log)
     if world > 1:
@@ -915,13 +938,15 @@ def _finetune_optimizer(model: nn.Module, cfg: FinetuneConfig,
 def finetune(backbone: str, init: str, images: np.ndarray, train_rows: np.ndarray,
              train_y: np.ndarray, val_rows: np.ndarray, val_y: np.ndarray,
              test_rows: np.ndarray, mean: float, std: float, cfg: FinetuneConfig,
-             return_history: bool = False, progress: bool = False):
+             return_history: bool = False, progress: bool = False,
+             save_model: str | Path | None = None):
     """End-to-end fine-tuning of a torchvision backbone with a one-logit head.
 
     ``init``: ``random``, ``imagenet`` or a checkpoint / exported state dict path
     (``models.create_backbone``). Adam (``cfg.lr``), epochs ``min(probe_epochs(f),
     cfg.max_epochs)``, augmented training batches (seeded by (seed, epoch, batch)), validation
-    AUC after every epoch; the best epoch's weights score the test rows. Returns test scores,
+    AUC after every epoch; the best epoch's weights score the test rows (and are written to
+    ``save_model`` when given: the torchvision state dict with a 1-output head). Returns test scores,
     or ``(scores, history DataFrame[epoch, train_loss, val_auc, best])`` with ``return_history``.
     """
     train_rows = _check_images(images, train_rows, "train_rows")
@@ -994,6 +1019,8 @@ def finetune(backbone: str, init: str, images: np.ndarray, train_rows: np.ndarra
             best = (val_auc, {k: v.detach().to("cpu", copy=True)
                               for k, v in model.state_dict().items()}, epoch + 1)
     model.load_state_dict(best[1])
+    if save_model is not None:
+        models._atomic_save(best[1], save_model)
     scores = predict(model, images, test_rows, mean, std, cfg.image_size, cfg.eval_batch_size,
                      use_amp)
     if not return_history:

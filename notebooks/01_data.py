@@ -54,8 +54,10 @@ from mocoxr import book, plots
 paths = book.run_paths(run_dir)
 chexpert_folder = book.chexpert_folder(run_dir, data_dir, phantom, seed=seed)
 shenzhen_folder = book.shenzhen_folder(run_dir, shenzhen_dir, phantom_shenzhen, seed=seed)
-print("CheXpert-format data:", chexpert_folder, "(embedded, generated)" if data_dir is None else "")
-print("Shenzhen-format data:", shenzhen_folder, "(embedded, generated)" if shenzhen_dir is None else "")
+print("CheXpert-format data:", chexpert_folder,
+      "(embedded, generated)" if data_dir is None else "")
+print("Shenzhen-format data:", shenzhen_folder,
+      "(embedded, generated)" if shenzhen_dir is None else "")
 
 # %% [markdown]
 # ## What is on disk
@@ -86,14 +88,16 @@ raw_counts, policy_counts = book.uncertain_policy_counts(
 display(raw_counts)
 display(policy_counts.style.format({"prevalence": "{:.1%}"}).hide(axis="index"))
 fig = plots.count_bars(policy_counts, "policy", ["positive", "negative", "dropped"],
-                       title=f"{chexpert['target']} in train.csv, by uncertain-label policy")
+                       title=f"{chexpert['target']} in train.csv, "
+                             "by uncertain-label policy")
 plt.show()
 chosen = policy_counts.set_index("policy").loc[chexpert["uncertain_policy"]]
 book.glue("policy", chexpert["uncertain_policy"])
 book.glue("n_uncertain", int(raw_counts["images"].iloc[2]))
 book.glue("prevalence_chosen", float(chosen["prevalence"]))
-book.glue("prevalence_ones", float(policy_counts.set_index("policy").loc["ones", "prevalence"]))
-book.glue("prevalence_zeros", float(policy_counts.set_index("policy").loc["zeros", "prevalence"]))
+by_policy = policy_counts.set_index("policy")
+book.glue("prevalence_ones", float(by_policy.loc["ones", "prevalence"]))
+book.glue("prevalence_zeros", float(by_policy.loc["zeros", "prevalence"]))
 
 # %% [markdown]
 # The training labels hold {glue:text}`n_uncertain` uncertain images. Under the policy used here
@@ -109,21 +113,25 @@ book.glue("prevalence_zeros", float(policy_counts.set_index("policy").loc["zeros
 # report labeller, is the test set, as in the paper.
 
 # %%
-ds = book.load_dataset(run_dir, "chexpert", chexpert_folder, image_size, chexpert, seed=seed)
+ds = book.load_dataset(run_dir, "chexpert", chexpert_folder, image_size, chexpert,
+                       seed=seed)
 m = ds.manifest
 split_table = (
     m.groupby("split")
-    .agg(images=("label", "size"), patients=("patient", "nunique"), positives=("label", "sum"))
+    .agg(images=("label", "size"), patients=("patient", "nunique"),
+         positives=("label", "sum"))
     .reindex(["train", "val", "test"])
 )
 split_table["prevalence"] = split_table["positives"] / split_table["images"]
 display(split_table.style.format({"prevalence": "{:.1%}"}))
-assert not set(m.loc[m.split == "train", "patient"]) & set(m.loc[m.split != "train", "patient"])
+train_patients = set(m.loc[m.split == "train", "patient"])
+assert not train_patients & set(m.loc[m.split != "train", "patient"])
 for s in ("train", "val", "test"):
     book.glue(f"n_{s}", int(split_table.loc[s, "images"]))
     book.glue(f"patients_{s}", int(split_table.loc[s, "patients"]))
 book.glue("prevalence_test", float(split_table.loc["test", "prevalence"]))
-print(f"decoded image cache: {ds.images.shape} uint8, mean {ds.mean:.3f}, std {ds.std:.3f}")
+print(f"decoded image cache: {ds.images.shape} uint8, "
+      f"mean {ds.mean:.3f}, std {ds.std:.3f}")
 
 # %% [markdown]
 # ## What the images look like
@@ -136,9 +144,10 @@ print(f"decoded image cache: {ds.images.shape} uint8, mean {ds.mean:.3f}, std {d
 book.glue("image_size", int(image_size))
 rng = np.random.default_rng(seed)
 train_rows = ds.prepared.rows("train")
+train_y = ds.prepared.labels(train_rows)
 pick = np.concatenate([
-    rng.choice(train_rows[ds.prepared.labels(train_rows) == c],
-               size=min(6, int((ds.prepared.labels(train_rows) == c).sum())), replace=False)
+    rng.choice(train_rows[train_y == c], size=min(6, int((train_y == c).sum())),
+               replace=False)
     for c in (1, 0)
 ])
 raw_name = {1.0: "1", 0.0: "0", -1.0: "-1"}
@@ -160,18 +169,20 @@ plt.show()
 # the manifest, and reused by every experiment.
 
 # %%
-subsets = ds.prepared.subsets.assign(label=m["label"].to_numpy()[ds.prepared.subsets["row"]])
+subsets = ds.prepared.subsets
+subsets = subsets.assign(label=m["label"].to_numpy()[subsets["row"]])
 fraction_table = (
     subsets.groupby(["label_fraction", "draw"])
     .agg(images=("row", "size"), positives=("label", "sum"))
     .groupby("label_fraction")
-    .agg(draws=("images", "size"), images=("images", "mean"), positives_min=("positives", "min"),
-         positives_max=("positives", "max"))
+    .agg(draws=("images", "size"), images=("images", "mean"),
+         positives_min=("positives", "min"), positives_max=("positives", "max"))
 )
 fraction_table.index = [plots.pct(f) for f in fraction_table.index]
 display(fraction_table)
 book.glue("smallest_fraction", plots.pct(min(chexpert["fractions"])))
-book.glue("smallest_subset", int(subsets.groupby(["label_fraction", "draw"]).size().min()))
+book.glue("smallest_subset",
+          int(subsets.groupby(["label_fraction", "draw"]).size().min()))
 
 # %% [markdown]
 # The smallest subset ({glue:text}`smallest_fraction` of the labels) holds
@@ -186,7 +197,8 @@ book.glue("smallest_subset", int(subsets.groupby(["label_fraction", "draw"]).siz
 # test, stratified by label, and trained on 6.25%, 25% and 100% of its training labels.
 
 # %%
-sz = book.load_dataset(run_dir, "shenzhen", shenzhen_folder, image_size, shenzhen, seed=seed)
+sz = book.load_dataset(run_dir, "shenzhen", shenzhen_folder, image_size, shenzhen,
+                       seed=seed)
 sm = sz.manifest
 sz_table = sm.groupby("split").agg(images=("label", "size"), tb=("label", "sum")).reindex(
     ["train", "val", "test"])
@@ -197,9 +209,11 @@ pick = np.concatenate([
     rng.choice(idx, size=min(3, len(idx)), replace=False)
     for idx in (np.flatnonzero(sm["label"].to_numpy() == c) for c in (1, 0))
 ])
-fig = plots.image_grid([sz.images[r] for r in pick],
-                       [("TB" if sm.label.iloc[r] else "normal") + f"\n{sm.patient.iloc[r]}" for r in pick],
-                       ncols=6, title_colours=["C3" if sm.label.iloc[r] else "black" for r in pick])
+titles = [("TB" if sm.label.iloc[r] else "normal") + f"\n{sm.patient.iloc[r]}"
+          for r in pick]
+colours = ["C3" if sm.label.iloc[r] else "black" for r in pick]
+fig = plots.image_grid([sz.images[r] for r in pick], titles, ncols=6,
+                       title_colours=colours)
 plt.show()
 
 # %% [markdown]

@@ -61,6 +61,7 @@ monitor = {"k": 20, "max_train": 1000, "max_eval": 500}  # k-NN monitor: neighbo
 
 # %%
 import time
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -74,7 +75,8 @@ book.glue("backbone_name", backbone)
 folder = book.chexpert_folder(run_dir, data_dir, phantom, seed=seed)
 ds = book.load_dataset(run_dir, "chexpert", folder, image_size, chexpert, seed=seed)
 train_rows = ds.prepared.rows("train")
-cfg = train.PretrainConfig(backbone=backbone, image_size=image_size, seed=seed, device=device, **pretrain)
+cfg = train.PretrainConfig(backbone=backbone, image_size=image_size, seed=seed,
+                           device=device, **pretrain)
 print(cfg)
 
 # %% [markdown]
@@ -94,7 +96,8 @@ x = torch.from_numpy(np.ascontiguousarray(ds.images[show]))
 gen = torch.Generator().manual_seed(seed)
 view_q = augment.augment_batch(x, aug_cfg, gen)
 view_k = augment.augment_batch(x, aug_cfg, gen)
-fig = plots.augmented_views(augment.resize_batch(x, image_size).numpy(), view_q.numpy(), view_k.numpy())
+fig = plots.augmented_views(augment.resize_batch(x, image_size).numpy(), view_q.numpy(),
+                            view_k.numpy())
 plt.show()
 
 # %% [markdown]
@@ -110,14 +113,18 @@ plt.show()
 
 # %%
 out = book.pretrain_dir(run_dir, cfg, ds)
-mon = book.knn_monitor(ds, image_size, seed=seed, **monitor) if pretrain["monitor_every"] else None
+mon = (book.knn_monitor(ds, image_size, seed=seed, **monitor)
+       if pretrain["monitor_every"] else None)
 t0 = time.time()
-result = train.pretrain(ds.images, train_rows, cfg, out, ds.mean, ds.std, monitor=mon)
+source = "embedded phantoms (not CheXpert)" if data_dir is None else Path(data_dir).name
+result = train.pretrain(ds.images, train_rows, cfg, out, ds.mean, ds.std, monitor=mon,
+                        data={"dataset": source, "fingerprint": ds.fingerprint})
 minutes = (time.time() - t0) / 60
 exported = book.record_pretrained(run_dir, backbone, out)
 log = result["log"]
-print(f"{'loaded finished run' if result['cached'] else 'trained'}: {result['step']} steps "
-      f"in {minutes:.1f} min -> {exported}")
+what = "loaded finished run" if result["cached"] else "trained"
+print(f"{what}: {result['step']} steps in {minutes:.1f} min "
+      f"-> {exported.relative_to(paths.root)}")
 
 # %%
 fig = plots.pretraining_curves(log)
@@ -133,10 +140,32 @@ book.glue("loss_last", float(loss.iloc[-max(1, len(loss) // 10):].mean()))
 book.glue("chance_loss", float(np.log(cfg.queue_size + 1)))
 book.glue("queue_size", int(cfg.queue_size))
 for name in ("knn", "linear"):
-    curve = log[f"{name}_auc"].dropna() if f"{name}_auc" in log else pd.Series(dtype=float)
+    col = f"{name}_auc"
+    curve = log[col].dropna() if col in log else pd.Series(dtype=float)
     book.glue(f"{name}_first", float(curve.iloc[0]) if len(curve) else float("nan"))
     book.glue(f"{name}_last", float(curve.iloc[-1]) if len(curve) else float("nan"))
     book.glue(f"{name}_best", float(curve.max()) if len(curve) else float("nan"))
+
+# %% [markdown]
+# ## Loading the exported backbone
+#
+# Beside the weights the run writes a model card, and `mocoxr.load_backbone` returns the
+# torchvision model in eval mode with the card's preprocessing attached:
+
+# %%
+import mocoxr
+from mocoxr import models
+
+model = mocoxr.load_backbone(exported)
+features = models.encoder(model)  # the classifier dropped: pooled features
+with torch.no_grad():
+    emb = features(model.preprocess(ds.images[show]))  # gray uint8 images in
+print(model.preprocess, "->", tuple(emb.shape))
+print({k: model.card[k] for k in ("backbone", "input_size", "steps", "mocoxr_version")})
+book.glue("exported_rel", str(exported.relative_to(paths.root)))
+book.glue("hub_name", f"moco_{backbone}")
+book.glue("tv_call", f"torchvision.models.{backbone}().load_state_dict("
+          "torch.load(path, weights_only=True))")
 
 # %% [markdown]
 # Chance level for this loss is $\ln(K+1)$ = {glue:text}`chance_loss:.2f` for a queue of
@@ -157,7 +186,12 @@ for name in ("knn", "linear"):
 #   unlabelled training images: loss {glue:text}`loss_first:.2f` → {glue:text}`loss_last:.2f`,
 #   monitor validation AUC, linear {glue:text}`linear_first:.3f` → {glue:text}`linear_last:.3f`,
 #   k-NN {glue:text}`knn_first:.3f` → {glue:text}`knn_last:.3f`.
-# - The exported backbone is a plain torchvision state dict (`backbone.pt` in the run folder's
-#   `checkpoints/`), loadable with `torchvision.models.resnet18().load_state_dict(...)`.
+# - The exported backbone, {glue:text}`exported_rel` in the run folder, is a plain
+#   torchvision state dict with its model card beside it (`backbone.card.json`: input size,
+#   normalisation, recipe, data, steps, monitor AUCs, date, sha256). One line loads it ready
+#   to use, as the cell above does: `model = mocoxr.load_backbone(path)`, then
+#   `model(model.preprocess(images))` for gray images (uint8, or floats in [0, 1]);
+#   `torch.hub.load(repo, name, source="local", weights=path)` with name
+#   {glue:text}`hub_name` does the same, and {glue:text}`tv_call` loads the bare weights.
 # - Next: is this representation better than the baseline when labels are scarce?
 #   [Linear probing](03_linear_probe.ipynb) answers without touching the encoder.

@@ -74,13 +74,16 @@ print(backbones)
 
 # %%
 res = experiments.run_linear_experiment(
-    ds.prepared, ds.images, backbones, backbone, mean=ds.mean, std=ds.std, image_size=image_size,
-    out_dir=paths.root, experiment="linear", n_boot=n_boot, seed=seed, device=device, **linear,
+    ds.prepared, ds.images, backbones, backbone, mean=ds.mean, std=ds.std,
+    image_size=image_size, out_dir=paths.root, experiment="linear", n_boot=n_boot,
+    seed=seed, device=device, **linear,
 )
-dl = experiments.compute_deltas(paths.root, "linear", backbone, ("moco", baseline), n_boot=n_boot, seed=seed)
+dl = experiments.compute_deltas(paths.root, "linear", backbone, ("moco", baseline),
+                                n_boot=n_boot, seed=seed)
 dl = dl[dl["label_fraction"].isin(res["label_fraction"].unique())]
 summary = plots.mean_rows(res, "linear", backbone)
-display(summary.pivot(index="label_fraction", columns="init", values="auc").style.format("{:.3f}"))
+display(summary.pivot(index="label_fraction", columns="init", values="auc")
+        .style.format("{:.3f}"))
 
 # %% [markdown]
 # ## AUC against label fraction
@@ -101,7 +104,8 @@ plt.show()
 # %%
 fig = plots.delta_plot(dl, ["linear"], backbone)
 plt.show()
-display(dl.style.format({"delta": "{:+.3f}", "ci_low": "{:+.3f}", "ci_high": "{:+.3f}"}).hide(axis="index"))
+signed = {"delta": "{:+.3f}", "ci_low": "{:+.3f}", "ci_high": "{:+.3f}"}
+display(dl.style.format(signed).hide(axis="index"))
 
 # %% tags=["hide-input"]
 # numbers for the text below
@@ -113,7 +117,8 @@ for tag, f in (("small", f_small), ("large", f_large)):
     book.glue(f"delta_{tag}_lo", float(row["ci_low"]))
     book.glue(f"delta_{tag}_hi", float(row["ci_high"]))
     for init in ("moco", baseline):
-        r = summary[(summary["init"] == init) & np.isclose(summary["label_fraction"], f)].iloc[0]
+        r = summary[(summary["init"] == init)
+                    & np.isclose(summary["label_fraction"], f)].iloc[0]
         book.glue(f"auc_{'moco' if init == 'moco' else 'base'}_{tag}", float(r["auc"]))
 book.glue("baseline", baseline)
 book.glue("n_ci_above_zero", int((dl["ci_low"] > 0).sum()))
@@ -137,14 +142,16 @@ book.glue("n_fractions", int(len(dl)))
 # %%
 test_rows = ds.prepared.rows("test")
 rng = np.random.default_rng(seed)
-shown = np.sort(rng.choice(test_rows, size=min(embedding_max, len(test_rows)), replace=False))
+shown = np.sort(rng.choice(test_rows, size=min(embedding_max, len(test_rows)),
+                           replace=False))
 coords = {}
 for init, spec in backbones.items():
-    feats = experiments.dataset_features(ds.prepared, ds.images, backbone, init, spec, ds.mean, ds.std,
-                                         image_size, paths.root, device=device, seed=seed)
+    feats = experiments.dataset_features(ds.prepared, ds.images, backbone, init, spec,
+                                         ds.mean, ds.std, image_size, paths.root,
+                                         device=device, seed=seed)
     coords[init] = plots.embed_2d(feats[shown], method=embedding, seed=seed)
-fig = plots.embedding_panels(coords, ds.prepared.labels(shown), ("no effusion", "effusion"),
-                             method=embedding.upper())
+fig = plots.embedding_panels(coords, ds.prepared.labels(shown),
+                             ("no effusion", "effusion"), method=embedding.upper())
 plt.show()
 
 # %% [markdown]
@@ -156,7 +163,8 @@ plt.show()
 curves = {}
 for f in (f_small, f_large):
     curves[f"{plots.pct(f)} of labels"] = {
-        init: evaluate.load_predictions(paths.predictions, "linear", backbone, init, f, 0)[1:]
+        init: evaluate.load_predictions(paths.predictions, "linear", backbone, init,
+                                        f, 0)[1:]
         for init in backbones
     }
 fig = plots.roc_panels(curves)

@@ -63,7 +63,10 @@ book.glue("backbone_name", backbone)
 folder = book.chexpert_folder(run_dir, data_dir, phantom, seed=seed)
 ds = book.load_dataset(run_dir, "chexpert", folder, image_size, chexpert, seed=seed)
 backbones = {"moco": str(paths.moco_backbone(backbone)), baseline: baseline}
-epochs = {f: min(train.probe_epochs(f), finetune["max_epochs"] or 10**9) for f in chexpert["fractions"]}
+epochs = {f: min(train.probe_epochs(f), finetune["max_epochs"] or 10**9)
+          for f in chexpert["fractions"]}
+fractions = finetune["fractions"] or chexpert["fractions"]
+keep = (min(fractions), max(fractions))  # models kept for Grad-CAM and calibration
 print("epochs per label fraction:", {plots.pct(f): e for f, e in epochs.items()})
 
 # %% [markdown]
@@ -74,13 +77,16 @@ print("epochs per label fraction:", {plots.pct(f): e for f, e in epochs.items()}
 
 # %%
 res = experiments.run_finetune_experiment(
-    ds.prepared, ds.images, backbones, backbone, mean=ds.mean, std=ds.std, image_size=image_size,
-    out_dir=paths.root, experiment="finetune", n_boot=n_boot, seed=seed, device=device, **finetune,
+    ds.prepared, ds.images, backbones, backbone, mean=ds.mean, std=ds.std,
+    image_size=image_size, out_dir=paths.root, experiment="finetune", n_boot=n_boot,
+    seed=seed, device=device, keep_models=keep, **finetune,
 )
-dl = experiments.compute_deltas(paths.root, "finetune", backbone, ("moco", baseline), n_boot=n_boot, seed=seed)
+dl = experiments.compute_deltas(paths.root, "finetune", backbone, ("moco", baseline),
+                                n_boot=n_boot, seed=seed)
 dl = dl[dl["label_fraction"].isin(res["label_fraction"].unique())]
 summary = plots.mean_rows(res, "finetune", backbone)
-display(summary.pivot(index="label_fraction", columns="init", values="auc").style.format("{:.3f}"))
+display(summary.pivot(index="label_fraction", columns="init", values="auc")
+        .style.format("{:.3f}"))
 
 # %% [markdown]
 # ## AUC against label fraction
@@ -97,11 +103,13 @@ plt.show()
 
 # %%
 all_deltas = pd.read_csv(paths.deltas)
-lin = all_deltas[(all_deltas["experiment"] == "linear") & (all_deltas["backbone"] == backbone)
+lin = all_deltas[(all_deltas["experiment"] == "linear")
+                 & (all_deltas["backbone"] == backbone)
                  & all_deltas["label_fraction"].isin(res["label_fraction"].unique())]
 fig = plots.delta_plot(pd.concat([dl, lin]), ["linear", "finetune"], backbone)
 plt.show()
-display(dl.style.format({"delta": "{:+.3f}", "ci_low": "{:+.3f}", "ci_high": "{:+.3f}"}).hide(axis="index"))
+signed = {"delta": "{:+.3f}", "ci_low": "{:+.3f}", "ci_high": "{:+.3f}"}
+display(dl.style.format(signed).hide(axis="index"))
 
 # %% tags=["hide-input"]
 # numbers for the text below
@@ -113,12 +121,15 @@ for tag, f in (("small", f_small), ("large", f_large)):
     book.glue(f"delta_{tag}_lo", float(row["ci_low"]))
     book.glue(f"delta_{tag}_hi", float(row["ci_high"]))
     for init in ("moco", baseline):
-        r = summary[(summary["init"] == init) & np.isclose(summary["label_fraction"], f)].iloc[0]
+        r = summary[(summary["init"] == init)
+                    & np.isclose(summary["label_fraction"], f)].iloc[0]
         book.glue(f"auc_{'moco' if init == 'moco' else 'base'}_{tag}", float(r["auc"]))
     lin_f = lin[np.isclose(lin["label_fraction"], f)]
-    book.glue(f"linear_delta_{tag}", float(lin_f["delta"].iloc[0]) if len(lin_f) else float("nan"))
+    book.glue(f"linear_delta_{tag}",
+              float(lin_f["delta"].iloc[0]) if len(lin_f) else float("nan"))
 book.glue("baseline", baseline)
-book.glue("auc_best_full", float(summary.loc[np.isclose(summary["label_fraction"], f_large), "auc"].max()))
+full = np.isclose(summary["label_fraction"], f_large)
+book.glue("auc_best_full", float(summary.loc[full, "auc"].max()))
 
 # %% [markdown]
 # With {glue:text}`frac_small` of the labels, fine-tuning from MoCo reaches AUC
@@ -135,11 +146,115 @@ book.glue("auc_best_full", float(summary.loc[np.isclose(summary["label_fraction"
 curves = {}
 for f in (f_small, f_large):
     curves[f"{plots.pct(f)} of labels"] = {
-        init: evaluate.load_predictions(paths.predictions, "finetune", backbone, init, f, 0)[1:]
+        init: evaluate.load_predictions(paths.predictions, "finetune", backbone, init,
+                                        f, 0)[1:]
         for init in backbones
     }
 fig = plots.roc_panels(curves)
 plt.show()
+
+# %% [markdown]
+# ## Where the fine-tuned models look
+#
+# Grad-CAM {cite}`selvaraju2017gradcam` weighs the last convolutional block's activations by
+# the gradient of the effusion logit: bright where the model finds its evidence. On the
+# phantoms the true effusion region of every image is known (the generator renders the image
+# again without its effusion; the difference is the region, outlined below), so each map can
+# be scored: does its peak fall inside the region (the pointing game), and what share of its
+# mass lies there? Models fine-tuned on {glue:text}`cam_frac` of the labels, first draw.
+
+# %%
+from mocoxr import saliency
+
+test_rows = ds.prepared.rows("test")
+tuned = {init: experiments.load_finetuned(paths.root, "finetune", backbone, init, f_large)
+         for init in backbones}
+pos = test_rows[ds.prepared.labels(test_rows) == 1]
+masks = None
+if data_dir is None:  # phantoms: the true effusion region is known
+    masks = saliency.phantom_masks(folder, ds.manifest["path"].iloc[pos], image_size)
+    pos, masks = pos[masks.any(axis=(1, 2))], masks[masks.any(axis=(1, 2))]
+cams = {init: saliency.grad_cam_rows(m, ds.images, pos, ds.mean, ds.std, image_size)
+        for init, m in tuned.items()}
+rng = np.random.default_rng(seed)
+show = np.sort(rng.choice(len(pos), min(4, len(pos)), replace=False))
+fig = saliency.plot_cams(ds.images[pos[show]], {k: c[show] for k, c in cams.items()},
+                         None if masks is None else masks[show])
+plt.show()
+
+# %% tags=["hide-input"]
+# numbers for the text below
+book.glue("cam_frac", plots.pct(f_large))
+book.glue("cam_n", int(len(pos)))
+if masks is not None:
+    loc = saliency.localisation_table(cams, masks).set_index("init")
+    display(loc.style.format("{:.3f}", subset=["pointing_hit_rate", "share_inside",
+                                               "region_area"]))
+for init in backbones:
+    tag = "moco" if init == "moco" else "base"
+    for col, name in (("pointing_hit_rate", "hit"), ("share_inside", "share")):
+        book.glue(f"cam_{name}_{tag}", float(loc.loc[init, col]) if masks is not None
+                  else float("nan"))
+book.glue("cam_area", float(masks.mean()) if masks is not None else float("nan"))
+
+# %% [markdown]
+# Over the {glue:text}`cam_n` effusion-positive test images whose effusion shows at this
+# size, the map's peak lies inside the effusion for {glue:text}`cam_hit_moco:.0%` of them
+# from MoCo and {glue:text}`cam_hit_base:.0%` from the {glue:text}`baseline` init; the share
+# of the map inside the region is {glue:text}`cam_share_moco:.2f` and
+# {glue:text}`cam_share_base:.2f`, against {glue:text}`cam_area:.2f` for a map spread evenly
+# (the region's mean share of the image). (On real data, with no region to compare with,
+# these read "nan".)
+#
+# ## Calibration
+#
+# AUC only ranks the images; a score used as a probability must also be *calibrated*: among
+# images scored 0.7, about 70% should be positive. The reliability diagram bins the test
+# scores and plots the positive rate per bin; the expected calibration error (ECE) is its
+# count-weighted gap to the diagonal. Temperature scaling {cite}`guo2017calibration` divides
+# the logit by one number fitted on the validation split: the AUC stays the same.
+
+# %%
+from mocoxr import calibration
+
+val_rows = ds.prepared.rows("val")
+y_val, cal_inputs = ds.prepared.labels(val_rows), {}
+for f in (f_small, f_large):
+    for init in backbones:
+        model = experiments.load_finetuned(paths.root, "finetune", backbone, init, f)
+        p_val = train.predict(model, ds.images, val_rows, ds.mean, ds.std, image_size)
+        _, y_test, p_test = evaluate.load_predictions(paths.predictions, "finetune",
+                                                      backbone, init, f, 0)
+        cal_inputs[init, f] = (y_val, p_val, y_test, p_test)
+cal = calibration.calibration_table(cal_inputs)
+cal["model"] = [f"{init}, {plots.pct(f)} of labels" for init, f in cal_inputs]
+display(cal.style.format({"temperature": "{:.2f}", "ece_before": "{:.3f}",
+                          "ece_after": "{:.3f}"}).hide(axis="index"))
+curves = {}
+for init in backbones:
+    y_v, p_v, y_t, p_t = cal_inputs[init, f_large]
+    t = calibration.fit_temperature(y_v, p_v)
+    curves[f"{init}, before"] = (y_t, p_t)
+    curves[f"{init}, after (T = {t:.2f})"] = (y_t, calibration.apply_temperature(p_t, t))
+fig = calibration.plot_reliability(curves,
+                                   title=f"Test set, {plots.pct(f_large)} of labels")
+plt.show()
+
+# %% tags=["hide-input"]
+# numbers for the text below
+for i, (init, f) in enumerate(cal_inputs):
+    if f == f_large:
+        tag = "moco" if init == "moco" else "base"
+        for col in ("ece_before", "ece_after", "temperature"):
+            book.glue(f"{col}_{tag}", float(cal[col].iloc[i]))
+
+# %% [markdown]
+# With {glue:text}`cam_frac` of the labels the MoCo-initialised model's test ECE is
+# {glue:text}`ece_before_moco:.3f`, {glue:text}`ece_after_moco:.3f` after temperature
+# scaling (T = {glue:text}`temperature_moco:.2f`); from the {glue:text}`baseline` init
+# {glue:text}`ece_before_base:.3f` and {glue:text}`ece_after_base:.3f`
+# (T = {glue:text}`temperature_base:.2f`). A temperature above 1 means the model was
+# over-confident, below 1 under-confident.
 
 # %% [markdown]
 # ## Summary
@@ -148,4 +263,9 @@ plt.show()
 #   {glue:text}`delta_small:+.3f` AUC at {glue:text}`frac_small` of the labels and
 #   {glue:text}`delta_large:+.3f` at {glue:text}`frac_large`; the best model with all labels
 #   reaches AUC {glue:text}`auc_best_full:.3f`.
+# - Its Grad-CAM peak falls inside the phantom's effusion for {glue:text}`cam_hit_moco:.0%`
+#   (MoCo) and {glue:text}`cam_hit_base:.0%` ({glue:text}`baseline`) of the positive test
+#   images; test ECE {glue:text}`ece_before_moco:.3f` → {glue:text}`ece_after_moco:.3f` (MoCo)
+#   and {glue:text}`ece_before_base:.3f` → {glue:text}`ece_after_base:.3f` after temperature
+#   scaling.
 # - Next: [transfer to Shenzhen](05_shenzhen.ipynb), a different disease and source.

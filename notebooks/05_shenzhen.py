@@ -58,21 +58,25 @@ folder = book.shenzhen_folder(run_dir, shenzhen_dir, phantom_shenzhen, seed=seed
 sz = book.load_dataset(run_dir, "shenzhen", folder, image_size, shenzhen, seed=seed)
 backbones = {"moco": str(paths.moco_backbone(backbone)), baseline: baseline}
 m = sz.manifest
-display(m.groupby("split").agg(images=("label", "size"), tb=("label", "sum")).reindex(["train", "val", "test"]))
+display(m.groupby("split").agg(images=("label", "size"), tb=("label", "sum"))
+        .reindex(["train", "val", "test"]))
 
 # %% [markdown]
 # ## Linear probe and fine-tuning
 
 # %%
-common = dict(mean=sz.mean, std=sz.std, image_size=image_size, out_dir=paths.root, n_boot=n_boot,
-              seed=seed, device=device)
+common = dict(mean=sz.mean, std=sz.std, image_size=image_size, out_dir=paths.root,
+              n_boot=n_boot, seed=seed, device=device)
 res_lin = experiments.run_linear_experiment(sz.prepared, sz.images, backbones, backbone,
-                                            experiment="shenzhen_linear", **common, **transfer_linear)
+                                            experiment="shenzhen_linear", **common,
+                                            **transfer_linear)
 res_ft = experiments.run_finetune_experiment(sz.prepared, sz.images, backbones, backbone,
-                                             experiment="shenzhen_finetune", **common, **transfer_finetune)
+                                             experiment="shenzhen_finetune", **common,
+                                             **transfer_finetune)
 res = pd.concat([res_lin, res_ft], ignore_index=True)
 dl = pd.concat([
-    experiments.compute_deltas(paths.root, exp, backbone, ("moco", baseline), n_boot=n_boot, seed=seed)
+    experiments.compute_deltas(paths.root, exp, backbone, ("moco", baseline),
+                               n_boot=n_boot, seed=seed)
     for exp in ("shenzhen_linear", "shenzhen_finetune")
 ], ignore_index=True)
 dl = dl[dl["label_fraction"].isin(res["label_fraction"].unique())]
@@ -84,20 +88,23 @@ plots.auc_vs_fraction(res, "shenzhen_finetune", backbone, ax=axes[1])
 plots.delta_plot(dl, ["shenzhen_linear", "shenzhen_finetune"], backbone, ax=axes[2])
 fig.tight_layout()
 plt.show()
-display(dl.style.format({"delta": "{:+.3f}", "ci_low": "{:+.3f}", "ci_high": "{:+.3f}"}).hide(axis="index"))
+signed = {"delta": "{:+.3f}", "ci_low": "{:+.3f}", "ci_high": "{:+.3f}"}
+display(dl.style.format(signed).hide(axis="index"))
 
 # %% tags=["hide-input"]
 # numbers for the text below
 f_small = float(dl["label_fraction"].min())
 for exp, tag in (("shenzhen_linear", "lin"), ("shenzhen_finetune", "ft")):
-    row = dl[(dl["experiment"] == exp) & np.isclose(dl["label_fraction"], f_small)].iloc[0]
+    row = dl[(dl["experiment"] == exp)
+             & np.isclose(dl["label_fraction"], f_small)].iloc[0]
     book.glue(f"{tag}_delta_small", float(row["delta"]))
     book.glue(f"{tag}_delta_small_lo", float(row["ci_low"]))
     book.glue(f"{tag}_delta_small_hi", float(row["ci_high"]))
     s = plots.mean_rows(res, exp, backbone)
     for init in ("moco", baseline):
         r = s[(s["init"] == init) & np.isclose(s["label_fraction"], f_small)].iloc[0]
-        book.glue(f"{tag}_auc_{'moco' if init == 'moco' else 'base'}_small", float(r["auc"]))
+        name = "moco" if init == "moco" else "base"
+        book.glue(f"{tag}_auc_{name}_small", float(r["auc"]))
 book.glue("frac_small", plots.pct(f_small))
 book.glue("baseline", baseline)
 book.glue("n_test", int(len(sz.prepared.rows("test"))))
@@ -118,7 +125,8 @@ book.glue("n_test", int(len(sz.prepared.rows("test"))))
 curves = {}
 for exp in ("shenzhen_linear", "shenzhen_finetune"):
     curves[f"{plots.EXPERIMENT_TITLES[exp]}, {plots.pct(f_small)}"] = {
-        init: evaluate.load_predictions(paths.predictions, exp, backbone, init, f_small, 0)[1:]
+        init: evaluate.load_predictions(paths.predictions, exp, backbone, init,
+                                        f_small, 0)[1:]
         for init in backbones
     }
 fig = plots.roc_panels(curves)

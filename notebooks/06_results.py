@@ -43,8 +43,8 @@ results = pd.read_csv(paths.results)
 deltas = pd.read_csv(paths.deltas)
 paper = plots.paper_results()
 backbones = sorted(results["backbone"].unique())
-book.glue("data_source", "the embedded synthetic data (phantoms, not CheXpert)" if data_dir is None
-          else "CheXpert images from the folder given as data_dir")
+book.glue("data_source", "the embedded synthetic data (phantoms, not CheXpert)"
+          if data_dir is None else "CheXpert images from the folder given as data_dir")
 book.glue("baseline", baseline)
 print(f"{len(results)} result rows, {len(deltas)} deltas; backbones {backbones}")
 
@@ -59,7 +59,8 @@ print(f"{len(results)} result rows, {len(deltas)} deltas; backbones {backbones}"
 # figures give them).
 
 # %%
-table = plots.comparison_table(results, deltas, paper, ("linear", "finetune"), baseline=baseline)
+table = plots.comparison_table(results, deltas, paper, ("linear", "finetune"),
+                               baseline=baseline)
 display(HTML(table.to_html(index=False, classes="comparison-table", border=0)))
 
 # %% [markdown]
@@ -101,8 +102,10 @@ display(HTML(verdicts
 
 # %% tags=["hide-input"]
 # numbers for the text below
-lin = deltas[(deltas["experiment"] == "linear") & (deltas["backbone"] == bb)].sort_values("label_fraction")
-ft = deltas[(deltas["experiment"] == "finetune") & (deltas["backbone"] == bb)].sort_values("label_fraction")
+lin = deltas[(deltas["experiment"] == "linear") & (deltas["backbone"] == bb)]
+lin = lin.sort_values("label_fraction")
+ft = deltas[(deltas["experiment"] == "finetune") & (deltas["backbone"] == bb)]
+ft = ft.sort_values("label_fraction")
 paper_lin = plots.paper_deltas(paper, "linear", bb)
 paper_ft = plots.paper_deltas(paper, "finetune", bb)
 book.glue("bb", bb)
@@ -136,7 +139,8 @@ book.glue("n_findings", int(len(verdicts)))
 # our numbers stand alone.
 
 # %%
-sz_table = plots.results_table(results, deltas, ("shenzhen_linear", "shenzhen_finetune"), baseline)
+sz_table = plots.results_table(results, deltas, ("shenzhen_linear", "shenzhen_finetune"),
+                               baseline)
 display(HTML(sz_table.drop(columns="label_fraction").to_html(index=False, border=0)))
 
 # %% [markdown]

@@ -29,3 +29,22 @@ def one_thread():
     with threadpool_limits(1):
         yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """Run the tiny profile and build its site once for the session (tests/test_notebooks.py,
+    tests/test_site_browser.py); yields (run_dir, outcomes by run id, index.html, log).
+
+    The package-code part of the run keys is pinned while it runs, so that a rerun test does
+    not depend on nobody editing mocoxr/ meanwhile."""
+    from mocoxr import book
+
+    root = tmp_path_factory.mktemp("tiny")
+    run_dir, out = root / "run", root / "site"
+    log: list[str] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(book, "code_hash", lambda: "pinned")
+        outcomes = book.run_profile("tiny", run_dir, progress=False, echo=log.append)
+        index = book.build_site("tiny", run_dir, output=out, echo=log.append, quiet=True)
+    yield run_dir, {o.run_id: o for o in outcomes}, index, "\n".join(log)

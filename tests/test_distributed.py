@@ -278,7 +278,7 @@ def test_pretrain_on_two_ranks_rank0_writes_and_resume_on_any_world_size(tmp_pat
     assert ck_a["world_size"] == 2 and ck_a["step"] == 4 and ck_a["done"]
     assert int(ck_a["model"]["queue_ptr"]) == (4 * 8) % 24
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
-        "backbone.pt", "checkpoint.pt", "loss_log.csv"]
+        "backbone.card.json", "backbone.pt", "checkpoint.pt", "loss_log.csv"]
 
     # the mid-epoch checkpoint of step 2 (+ the log, whose later rows a resume drops), twice
     snap = rec_a / "snapshot"
@@ -346,8 +346,9 @@ def _check_one_then_two(out: Path, first: pd.DataFrame, stdout: str) -> None:
     log = pd.read_csv(out / "loss_log.csv")
     assert list(log["step"]) == [1, 2, 3, 4]
     np.testing.assert_array_equal(log["loss"][:2], first["loss"])
-    assert sorted(p.name for p in out.iterdir()) == ["backbone.pt", "checkpoint.pt",
-                                                      "loss_log.csv", "pretrain_cli.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["backbone.card.json", "backbone.pt",
+                                                      "checkpoint.pt", "loss_log.csv",
+                                                      "pretrain_cli.json"]
 
 
 def test_cli_resumes_a_one_process_run_on_two_processes(tmp_path, capfd):

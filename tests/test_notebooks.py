@@ -2,13 +2,14 @@
 `make book`, then the site built from that run. The assertions read what the notebooks recorded:
 the glue values in the executed notebooks, results.csv / deltas.csv, and the built HTML.
 
-One module-scoped fixture runs the profile and builds the site once (a few minutes on 2 cores).
+The session fixture ``tiny`` (tests/conftest.py) runs the profile and builds the site once (a few
+minutes on 2 cores); tests/test_site_browser.py opens the same site in Chromium.
 """
 
 from __future__ import annotations
 
+import html
 import re
-import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -21,22 +22,6 @@ from mocoxr import book, evaluate
 pytestmark = pytest.mark.slow
 
 EXPERIMENTS = {"linear", "finetune", "shenzhen_linear", "shenzhen_finetune"}
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """Run the tiny profile and build its site once; yields (run_dir, outcomes, index.html, log).
-
-    The package-code part of the run keys is pinned for the module, so that the rerun test does
-    not depend on nobody editing mocoxr/ meanwhile."""
-    root = tmp_path_factory.mktemp("tiny")
-    run_dir, out = root / "run", root / "site"
-    log: list[str] = []
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(book, "code_hash", lambda: "pinned")
-        outcomes = book.run_profile("tiny", run_dir, progress=False, echo=log.append)
-        index = book.build_site("tiny", run_dir, output=out, echo=log.append, quiet=True)
-        yield run_dir, {o.run_id: o for o in outcomes}, index, "\n".join(log)
 
 
 def glued(run_dir: Path, run_id: str) -> dict:
@@ -54,8 +39,9 @@ def test_every_notebook_ran_without_error(tiny):
         assert (run_dir / "stamps" / f"{run_id}.json").is_file()
 
 
-def test_rerun_skips_everything(tiny):
+def test_rerun_skips_everything(tiny, monkeypatch):
     run_dir = tiny[0]
+    monkeypatch.setattr(book, "code_hash", lambda: "pinned")  # as when the fixture ran
     outcomes = book.run_profile("tiny", run_dir, progress=False, echo=lambda *a: None)
     assert {o.status for o in outcomes} == {"up to date"}
 
@@ -203,8 +189,9 @@ def test_site_builds_with_results_page_table_and_figures(tiny):
     # glue pasted the computed numbers into the prose; the defaults cell is gone, the injected one hidden
     assert 'class="pasted-text"' in text
     assert "../runs/interactive" not in text
-    assert "tag_hide-input" in text and f'run_dir = "{run_dir}"' in re.sub(r"<[^>]+>", "", text).replace(
-        "&quot;", '"')
+    shown = html.unescape(re.sub(r"<[^>]+>", "", text))
+    assert "tag_hide-input" in text and "run_dir = '<run_dir>'" in shown  # relative, not absolute
+    assert str(run_dir) not in text
     for nb in ("01_data", "02_pretrain", "03_linear_probe", "04_finetune", "05_shenzhen"):
         p = html_dir / "book" / "executed" / f"{nb}.html"
         assert p.is_file() and "<img" in p.read_text(), nb

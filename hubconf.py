@@ -1,0 +1,35 @@
+"""torch.hub entry points for backbones exported by mocoxr (nothing is downloaded).
+
+    model = torch.hub.load("path/to/mocoxr", "moco_resnet18", source="local",
+                           weights="runs/quick/checkpoints/moco_resnet18_<key>/backbone.pt")
+    scores = model(model.preprocess(images))  # images: gray uint8 (B, H, W) or float in [0, 1]
+
+Same as ``mocoxr.load_backbone(weights)``: a torchvision model in eval mode with its model card
+(``model.card``) and the card's preprocessing (``model.preprocess``).
+"""
+
+dependencies = ["torch", "torchvision", "numpy"]
+
+
+def _load(name: str, weights, device: str):
+    if weights is None:
+        raise ValueError(f"{name}: pass weights=<path to an exported backbone.pt>; mocoxr "
+                         "publishes no weights to download")
+    from mocoxr.weights import load_backbone
+
+    return load_backbone(weights, device=device, expect=name.removeprefix("moco_"))
+
+
+def moco_resnet18(weights=None, device: str = "cpu"):
+    """A MoCo-pretrained ResNet18 exported by mocoxr (``weights``: its backbone.pt)."""
+    return _load("moco_resnet18", weights, device)
+
+
+def moco_resnet50(weights=None, device: str = "cpu"):
+    """A MoCo-pretrained ResNet50 exported by mocoxr (``weights``: its backbone.pt)."""
+    return _load("moco_resnet50", weights, device)
+
+
+def moco_densenet121(weights=None, device: str = "cpu"):
+    """A MoCo-pretrained DenseNet121 exported by mocoxr (``weights``: its backbone.pt)."""
+    return _load("moco_densenet121", weights, device)

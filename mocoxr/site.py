@@ -1,0 +1,184 @@
+"""What the site shows of an executed notebook, and the pages generated at staging.
+
+``book.stage_site`` copies each executed notebook through :func:`stage_notebook`, which
+
+- shows paths relative to the run folder: ``<run folder>/x`` becomes ``x``, the run folder
+  itself its path relative to the project (``runs/quick``) or ``<run_dir>`` when it lies
+  elsewhere, the project root disappears from paths under it, other absolute folders given as
+  parameters (``data_dir``...) become ``<data_dir>``, the home folder ``~``;
+- rewrites the injected-parameters cell within :data:`CODE_WIDTH` columns;
+- drops progress-bar widget outputs and the widget state (the site would load the widget
+  JavaScript from a CDN).
+
+:func:`time_page` writes the "where the time went" page from the executed notebooks'
+papermill metadata and the runner's stamps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pprint
+import shutil
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+CODE_WIDTH = 90
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+TIME_PAGE = "time"
+
+
+def path_replacements(run_dir: Path, root: Path,
+                      parameters: dict[str, Any] | None = None) -> list[tuple[str, str]]:
+    """Ordered (absolute text, shown text) pairs: longest paths first."""
+    run_dir, root = Path(run_dir).resolve(), Path(root).resolve()
+    try:
+        shown_run = str(run_dir.relative_to(root))
+    except ValueError:
+        shown_run = "<run_dir>"
+    pairs = {str(run_dir): ("", shown_run)}  # absolute -> (prefix below it, itself)
+    for name, value in (parameters or {}).items():
+        if name != "run_dir" and isinstance(value, str) and os.path.isabs(value):
+            pairs.setdefault(str(Path(value).resolve()), (f"<{name}>/", f"<{name}>"))
+    pairs.setdefault(str(root), ("", "."))
+    home = str(Path.home())
+    if home not in ("/", ""):
+        pairs.setdefault(home, ("~/", "~"))
+    out: list[tuple[str, str]] = []
+    for abs_path in sorted(pairs, key=len, reverse=True):
+        below, itself = pairs[abs_path]
+        out += [(abs_path + "/", below), (abs_path, itself)]
+    return out
+
+
+def scrub(text: str, pairs: Sequence[tuple[str, str]]) -> str:
+    """``text`` with every absolute path of ``pairs`` replaced (see :func:`path_replacements`)."""
+    for old, new in pairs:
+        text = text.replace(old, new)
+    return text
+
+
+def _scrub_obj(obj: Any, pairs: Sequence[tuple[str, str]]) -> Any:
+    if isinstance(obj, str):
+        return scrub(obj, pairs)
+    if isinstance(obj, list):
+        return [_scrub_obj(x, pairs) for x in obj]
+    if isinstance(obj, dict):
+        return {k: v if k.startswith("image/") else _scrub_obj(v, pairs) for k, v in obj.items()}
+    return obj
+
+
+def format_parameters(parameters: dict[str, Any], width: int = CODE_WIDTH - 2) -> str:
+    """``name = value`` lines, each value pretty-printed to fit ``width`` columns."""
+    lines = ["# Parameters of this run"]
+    for name, value in parameters.items():
+        head = f"{name} = "
+        body = pprint.pformat(value, width=max(20, width - len(head)), sort_dicts=False)
+        lines.append(head + body.replace("\n", "\n" + " " * len(head)))
+    return "\n".join(lines)
+
+
+def _visible(outputs: Iterable[dict]) -> list[dict]:
+    return [o for o in outputs if WIDGET_MIME not in o.get("data", {})]
+
+
+def stage_notebook(src: Path, dest: Path, pairs: Sequence[tuple[str, str]]) -> None:
+    """Copy an executed notebook to the site folder as the module docstring says; the copy
+    keeps the source's times, so Sphinx rebuilds only pages whose notebook changed."""
+    nb = json.loads(Path(src).read_text())
+    nb.get("metadata", {}).pop("widgets", None)
+    params = nb.get("metadata", {}).get("mocoxr", {}).get("parameters")
+    for cell in nb.get("cells", []):
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "injected-parameters" in tags and isinstance(params, dict):
+            cell["source"] = format_parameters(params)
+        if "outputs" in cell:
+            cell["outputs"] = _visible(cell["outputs"])
+    nb = _scrub_obj(nb, pairs)  # the .ipynb is downloadable from the site: metadata too
+    dest.write_text(json.dumps(nb, indent=1, ensure_ascii=False))
+    shutil.copystat(src, dest)
+
+
+def long_code_lines(nb: dict, width: int = CODE_WIDTH, skip_tags: Sequence[str] = ()) -> list[str]:
+    """``cell i: line`` for every code line wider than ``width`` (cells with a tag in
+    ``skip_tags`` or ``remove-cell``/``remove-input`` are not shown on the site, so skipped)."""
+    hidden = {"remove-cell", "remove-input", *skip_tags}
+    out = []
+    for i, cell in enumerate(nb.get("cells", [])):
+        if cell.get("cell_type") != "code" or hidden & set(cell.get("metadata", {}).get("tags", [])):
+            continue
+        src = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
+        out += [f"cell {i}: {line}" for line in src.splitlines() if len(line) > width]
+    return out
+
+
+def _cell_seconds(nb: dict) -> list[tuple[float, str]]:
+    out = []
+    for cell in nb.get("cells", []):
+        d = cell.get("metadata", {}).get("papermill", {}).get("duration")
+        if cell.get("cell_type") == "code" and isinstance(d, (int, float)):
+            lines = [ln.strip() for ln in cell["source"].splitlines()]
+            code = [ln for ln in lines if ln and not ln.startswith(("#", "import ", "from "))]
+            out.append((float(d), (code or lines or [""])[0][:48]))
+    return out
+
+
+def time_rows(executed: Sequence[Path]) -> list[dict[str, Any]]:
+    """One row per executed notebook: run id, seconds (papermill), start, slowest cell."""
+    import nbformat
+
+    rows = []
+    for path in executed:
+        nb = nbformat.read(str(path), as_version=4)  # sources as one string each
+        pm = nb.get("metadata", {}).get("papermill", {})
+        cells = _cell_seconds(nb)
+        slow = max(cells, default=(0.0, ""))
+        total = pm.get("duration")
+        rows.append({"run": Path(path).stem,
+                     "seconds": float(total) if total is not None else sum(c[0] for c in cells),
+                     "started": str(pm.get("start_time") or "")[:19].replace("T", " "),
+                     "slowest_seconds": slow[0], "slowest_cell": slow[1]})
+    return rows
+
+
+def time_page(executed: Sequence[Path], profile: str) -> str:
+    """Markdown of the "where the time went" page (see :func:`time_rows`)."""
+    rows = time_rows(executed)
+    total = sum(r["seconds"] for r in rows)
+    starts = sorted(r["started"] for r in rows if r["started"])
+    lines = [
+        "# Where the time went", "",
+        f"How long each notebook of the `{profile}` run took to execute (papermill's own timing,",
+        "recorded in each executed notebook), and its slowest cell"
+        + (f"; the first one started {starts[0]} UTC." if starts else "."),
+        "A notebook that was up to date was not executed again: its time is that of the run",
+        "that produced it.", "",
+        "| notebook | seconds | share | slowest cell | its seconds |",
+        "|---|---:|---:|---|---:|",
+    ]
+    for r in rows:
+        share = r["seconds"] / total if total else 0.0
+        cell = r["slowest_cell"].replace("|", "\\|").replace("`", "")
+        lines.append(f"| [{r['run']}](executed/{r['run']}.ipynb) | {r['seconds']:.1f} | "
+                     f"{share:.0%} | `{cell}` | {r['slowest_seconds']:.1f} |")
+    lines += [f"| **all notebooks** | **{total:.1f}** | 100% | | |", ""]
+    return "\n".join(lines)
+
+
+def copy_extras(book_dir: Path, site: Path) -> None:
+    """The bibliography (``book/*.bib`` -> ``<site>/book/``) and the style sheet
+    (``book/_static/*`` -> ``<site>/_static/``, which Jupyter Book includes)."""
+    for bib in Path(book_dir).glob("*.bib"):
+        shutil.copy2(bib, Path(site) / "book" / bib.name)
+    static = Path(book_dir) / "_static"
+    if static.is_dir():
+        shutil.copytree(static, Path(site) / "_static", dirs_exist_ok=True)
+
+
+def write_time_page(site_book: Path, executed: Sequence[Path], profile: str) -> Path:
+    """Write ``<site>/book/time.md`` (only when its text changed, to keep Sphinx's cache)."""
+    path = Path(site_book) / f"{TIME_PAGE}.md"
+    text = time_page(executed, profile)
+    if not path.is_file() or path.read_text() != text:
+        path.write_text(text)
+    return path
