@@ -39,7 +39,8 @@ from scipy import stats
 from mocoxr import evaluate
 
 __all__ = ["POOLED_COLUMNS", "seed_dir", "pooled_interval", "pool_deltas", "pool_results",
-           "pool_seed_folders", "read_pooled", "find_pooled", "verdict", "run_seeds"]
+           "pool_seed_folders", "read_pooled", "find_pooled", "verdict", "pooled_table", "pooled_row",
+           "auc_range", "run_seeds"]
 
 POOLED_COLUMNS = [*evaluate.DELTAS_COLUMNS, "n_seeds", "seed_sd"]
 PER_SEED_COLUMNS = ["seed", *evaluate.DELTAS_COLUMNS]
@@ -151,6 +152,40 @@ def read_pooled(folder: str | Path) -> dict[str, Any]:
             "per_seed": pd.read_csv(folder / "per_seed.csv"),
             "results": pd.read_csv(folder / "results.csv"),
             "source": json.loads(source.read_text()) if source.is_file() else {}}
+
+
+def pooled_table(deltas: pd.DataFrame, titles: dict[str, str] | None = None) -> pd.DataFrame:
+    """The pooled deltas for reading: experiment, labels, difference [95% CI], seed_sd,
+    n_seeds and the CI's verdict."""
+    titles = titles or {}
+    fmt = lambda v: f"{v:+.3f}"  # noqa: E731
+    return pd.DataFrame({
+        "experiment": deltas["experiment"].map(lambda e: titles.get(e, e)),
+        "labels": deltas["label_fraction"].map(lambda f: f"{100 * float(f):g}%"),
+        "difference": [f"{fmt(d)} [{fmt(lo)}, {fmt(hi)}]" for d, lo, hi in
+                       zip(deltas["delta"], deltas["ci_low"], deltas["ci_high"])],
+        "seed_sd": deltas["seed_sd"].map("{:.3f}".format),
+        "n_seeds": deltas["n_seeds"],
+        "verdict": [verdict(lo, hi) for lo, hi in zip(deltas["ci_low"], deltas["ci_high"])],
+    })
+
+
+def pooled_row(deltas: pd.DataFrame, experiment: str, fraction: float) -> pd.Series | None:
+    """The pooled row of one experiment and label fraction, or None."""
+    hit = deltas[(deltas["experiment"] == experiment)
+                 & np.isclose(deltas["label_fraction"], fraction)]
+    return hit.iloc[0] if len(hit) else None
+
+
+def auc_range(results: pd.DataFrame, experiment: str, backbone: str, init: str,
+              fraction: float) -> str:
+    """'0.877 (seeds 0.850 to 0.901)': mean AUC over seeds with its range, or 'not run'."""
+    r = results[(results["experiment"] == experiment) & (results["backbone"] == backbone)
+                & (results["init"] == init) & np.isclose(results["label_fraction"], fraction)]
+    if not len(r):
+        return "not run"
+    r = r.iloc[0]
+    return f"{r['auc']:.3f} (seeds {r['auc_min']:.3f} to {r['auc_max']:.3f})"
 
 
 def find_pooled(run_dir: str | Path, recorded: str | Path) -> tuple[Path, str]:

@@ -36,7 +36,6 @@ recorded = "book/recorded/seeds-quick"  # pooled tables shipped with the book (p
 
 # %%
 import matplotlib.pyplot as plt
-import numpy as np
 from IPython.display import HTML, display
 
 from mocoxr import book, plots, seeds
@@ -74,24 +73,11 @@ plt.show()
 # ## The pooled table
 
 # %%
-table = deltas.assign(
-    labels=deltas["label_fraction"].map(plots.pct),
-    experiment=deltas["experiment"].map(lambda e: plots.EXPERIMENT_TITLES.get(e, e)),
-    difference=[plots.fmt_ci(d, lo, hi, signed=True)
-                for d, lo, hi in zip(deltas["delta"], deltas["ci_low"], deltas["ci_high"])],
-    seed_sd=deltas["seed_sd"].map("{:.3f}".format),
-    verdict=[seeds.verdict(lo, hi) for lo, hi in zip(deltas["ci_low"], deltas["ci_high"])],
-)
-display(HTML(table[["experiment", "labels", "difference", "seed_sd", "n_seeds", "verdict"]]
-             .to_html(index=False, border=0)))
+table = seeds.pooled_table(deltas, plots.EXPERIMENT_TITLES)
+display(HTML(table.to_html(index=False, border=0)))
 
 # %% tags=["hide-input"]
 # numbers for the text below
-def pooled_row(exp: str, f: float):
-    hit = deltas[(deltas["experiment"] == exp) & np.isclose(deltas["label_fraction"], f)]
-    return hit.iloc[0] if len(hit) else None
-
-
 lin = deltas[deltas["experiment"] == "linear"].sort_values("label_fraction")
 small = lin[lin["label_fraction"] < 1.0]
 book.glue("n_lin_small_above", int((small["ci_low"] > 0).sum()))
@@ -99,17 +85,15 @@ book.glue("n_lin_small", int(len(small)))
 book.glue("lin_small_fracs", ", ".join(plots.pct(f) for f in small["label_fraction"]))
 for tag, exp, f in (("lin_min", "linear", float(lin["label_fraction"].min())),
                     ("ft_full", "finetune", 1.0), ("szl_min", "shenzhen_linear", 0.0625)):
-    r = pooled_row(exp, f)
+    r = seeds.pooled_row(deltas, exp, f)
     book.glue(f"{tag}_frac", plots.pct(f))
-    book.glue(f"{tag}", plots.fmt_ci(r["delta"], r["ci_low"], r["ci_high"], signed=True)
-              if r is not None else "not run")
-    book.glue(f"{tag}_verdict", seeds.verdict(r["ci_low"], r["ci_high"]) if r is not None else "not run")
-sz_full = results[(results["experiment"] == "shenzhen_finetune")
-                  & np.isclose(results["label_fraction"], 1.0) & (results["backbone"] == backbone)]
+    book.glue(tag, "not run" if r is None else
+              plots.fmt_ci(r["delta"], r["ci_low"], r["ci_high"], signed=True))
+    book.glue(f"{tag}_verdict",
+              "not run" if r is None else seeds.verdict(r["ci_low"], r["ci_high"]))
 for init, tag in (("moco", "moco"), (baseline, "base")):
-    r = sz_full[sz_full["init"] == init]
-    book.glue(f"sz_ft_{tag}", f"{r['auc'].iloc[0]:.3f} (seeds {r['auc_min'].iloc[0]:.3f} to "
-              f"{r['auc_max'].iloc[0]:.3f})" if len(r) else "not run")
+    book.glue(f"sz_ft_{tag}",
+              seeds.auc_range(results, "shenzhen_finetune", backbone, init, 1.0))
 book.glue("baseline", baseline)
 
 # %% [markdown]

@@ -139,3 +139,19 @@ def test_the_recorded_batch_is_what_its_per_seed_table_pools_to():
                                   check_dtype=False)
     assert rec["source"]["command"].startswith("python -m mocoxr.book run --profile quick --seeds")
     assert sorted(rec["per_seed"]["seed"].unique()) == rec["source"]["seeds"]
+
+
+def test_pooled_table_rows_and_auc_range():
+    pooled = pd.DataFrame([dict(experiment="linear", backbone="resnet18", label_fraction=0.01,
+                                comparison="moco - random", delta=0.05, ci_low=0.01, ci_high=0.09,
+                                n_seeds=3, seed_sd=0.02)])
+    t = seeds.pooled_table(pooled, {"linear": "Linear probe"})
+    assert t.iloc[0].to_dict() == {"experiment": "Linear probe", "labels": "1%",
+                                   "difference": "+0.050 [+0.010, +0.090]", "seed_sd": "0.020",
+                                   "n_seeds": 3, "verdict": "above zero"}
+    assert seeds.pooled_row(pooled, "linear", 0.01)["delta"] == 0.05
+    assert seeds.pooled_row(pooled, "linear", 1.0) is None
+    res = pd.DataFrame([dict(experiment="x", backbone="b", init="moco", label_fraction=1.0,
+                             auc=0.8, auc_min=0.75, auc_max=0.86)])
+    assert seeds.auc_range(res, "x", "b", "moco", 1.0) == "0.800 (seeds 0.750 to 0.860)"
+    assert seeds.auc_range(res, "x", "b", "random", 1.0) == "not run"
