@@ -20,6 +20,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from mocoxr import store
+
 RESULTS_COLUMNS = [
     "experiment", "backbone", "init", "label_fraction", "draw",
     "auc", "ci_low", "ci_high", "n_train", "n_test",
@@ -154,7 +156,13 @@ def upsert_rows(
     Reruns therefore update results instead of duplicating them.
     """
     csv_path = Path(csv_path)
-    new = pd.DataFrame(list(rows))
+    with store.file_lock(csv_path):  # another process may upsert into the same table
+        return _upsert_locked(csv_path, list(rows), columns, key)
+
+
+def _upsert_locked(csv_path: Path, rows: list[dict], columns: Sequence[str],
+                   key: Sequence[str]) -> pd.DataFrame:
+    new = pd.DataFrame(rows)
     missing = [c for c in columns if c not in new.columns]
     if len(new) and missing:
         raise ValueError(f"rows for {csv_path.name} lack columns {missing}; expected {list(columns)}")
