@@ -31,6 +31,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from mocoxr import store
+
 CHEXPERT_OBSERVATIONS: tuple[str, ...] = (
     "No Finding",
     "Enlarged Cardiomediastinum",
@@ -522,15 +524,11 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    store.atomic_write_text(path, text)  # a full disk or read-only folder: one-line StorageError
 
 
 def _atomic_write_csv(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    store.atomic_write(path, lambda fh: df.to_csv(fh, index=False), mode="w")
 
 
 def _train_subsets(manifest: pd.DataFrame, fractions, draws, seed: int) -> pd.DataFrame:

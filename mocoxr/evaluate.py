@@ -12,7 +12,6 @@ the negatives below it (ties count one half), i.e. the Mann-Whitney statistic.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -142,10 +141,7 @@ def paired_bootstrap_delta(
 
 
 def _atomic_write_csv(df: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    store.atomic_write(path, lambda fh: df.to_csv(fh, index=False), mode="w")
 
 
 def upsert_rows(
@@ -206,9 +202,7 @@ def save_predictions(
         raise ValueError(f"rows, y and scores differ in length: {len(rows)}, {len(y)}, {len(scores)}")
     path = _prediction_file(pred_dir, experiment, backbone, init, label_fraction, draw)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, rows=rows, y=y, scores=scores)
-    os.replace(tmp, path)
+    store.atomic_write(path, lambda fh: np.savez(fh, rows=rows, y=y, scores=scores))
     return path
 
 

@@ -34,7 +34,6 @@ import hashlib
 import inspect
 import json
 import math
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
