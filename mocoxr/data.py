@@ -647,7 +647,7 @@ def check_split_counts(manifest: pd.DataFrame, source: str, minimum: int = MIN_P
                           f"negative" for s in ("train", "val", "test"))
         raise ValueError(
             f"{source}: too few images ({len(manifest)} in all: {table}); every split needs at "
-            f"least {minimum} images of each class ({', '.join(short)} has fewer)"
+            f"least {minimum} image(s) of each class; short: {', '.join(short)}"
         )
 
 
