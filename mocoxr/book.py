@@ -613,7 +613,7 @@ def execute_run(
 
 
 def run_profile(
-    profile: str | Path,
+    profile: str | Path | Profile,
     run_dir: Path | None = None,
     overrides: dict[str, Any] | None = None,
     root: Path | None = None,
@@ -627,10 +627,17 @@ def run_profile(
     Up-to-date runs are skipped; a failure stops only the runs that depend on it. The run folder
     is locked for the whole run (a second run of it exits naming this one's pid), its recorded
     data source must match (see :mod:`mocoxr.sources`), and what the profile needs (weight
-    files, data folders, device) is checked before the first step.
+    files, data folders, device) is checked before the first step. ``profile`` may be a loaded
+    :class:`Profile` (then ``overrides`` were applied when it was loaded), so that a batch can
+    run one profile into several folders, each locked on its own.
     """
     root = Path(root) if root else project_root()
-    prof = load_profile(profile, root / "notebooks", overrides)
+    if isinstance(profile, Profile):
+        if overrides:
+            raise ValueError("overrides apply when a profile is loaded: pass them to load_profile")
+        prof = profile
+    else:
+        prof = load_profile(profile, root / "notebooks", overrides)
     missing = sources.preflight(prof.runs)
     if missing:
         raise ProfileError(f"{prof.path}: this machine lacks what the profile needs:\n  "

@@ -270,3 +270,42 @@ def test_storage_error_on_a_read_only_run_folder_is_one_line(proj: Path, tmp_pat
     with pytest.raises(store.StorageError) as err:
         run(proj, profile, tmp_path / "ro")
     assert str(err.value) == f"cannot write {tmp_path / 'ro' / '.lock'}: the file system is read-only"
+
+
+@pytest.mark.slow
+def test_documented_real_data_commands_at_toy_size(tmp_path: Path):
+    """README / usage page: `run --profile paper --data-dir D --shenzhen-dir S`, then `status`
+    and `build --profile paper` without the flags, through `python -m mocoxr.book`, on a toy
+    copy of the paper profile (its `requires`, the data notebook, 32 px) and toy data folders."""
+    import yaml
+
+    from mocoxr import phantom
+
+    cx, sz = tmp_path / "chexpert", tmp_path / "ChinaSet_AllFiles"
+    phantom.generate_chexpert_tree(cx, n_patients=30, n_valid_patients=20, image_size=48)
+    phantom.generate_shenzhen_tree(sz, n_images=30, image_size=48)
+    paper = yaml.safe_load((ROOT / "mocoxr" / "profiles" / "paper.yaml").read_text())
+    toy = {"description": "paper, toy size", "requires": paper["requires"],
+           "parameters": {"data_dir": None, "shenzhen_dir": None, "image_size": 32,
+                          "chexpert": {"fractions": [0.5, 1.0], "draws": [1, 1], "val_fraction": 0.2},
+                          "shenzhen": {"fractions": [0.5, 1.0], "draws": [1, 1]}},
+           "notebooks": {"01_data": {}}}
+    profile = tmp_path / "paper.yaml"
+    profile.write_text(yaml.safe_dump(toy))
+    rd = tmp_path / "runs" / "paper"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "mocoxr.book", *args, "--profile", str(profile),
+                               "--run-dir", str(rd)], env=env, cwd=ROOT, capture_output=True,
+                              text=True, timeout=600)
+
+    done = cli("run", "--data-dir", str(cx), "--shenzhen-dir", str(sz))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    status = cli("status")
+    assert status.returncode == 0 and "up to date" in status.stdout, status.stdout + status.stderr
+    built = cli("build", "--output", str(tmp_path / "site"))
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    assert (tmp_path / "site" / "_build" / "html" / "index.html").is_file()
+    again = cli("run")  # `run` itself needs the flags the profile requires
+    assert again.returncode == 2 and "--data-dir" in again.stderr
