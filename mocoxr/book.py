@@ -313,8 +313,8 @@ def prof_run(runs: Sequence[Run], run_id: str) -> Run:
 
 def _check_values(path: Path, where: str, i: int, rs: dict, shared: dict, params: dict,
                   defaults: dict) -> None:
-    """Every parameter value of a run passes :mod:`mocoxr.schema`; the error names the file,
-    the key where the value was set, the value and what was expected."""
+    """Every parameter value of a run passes :mod:`mocoxr.schema` (the error names the file,
+    where the value was set, the value and what was expected)."""
     bad = schema.problems(params, defaults)
     if bad:
         key, value, want = bad[0]
@@ -476,45 +476,21 @@ def run_key(run: Run, injected: dict[str, Any], dep_keys: Sequence[str], code: s
     return _sha(json.dumps(payload, sort_keys=True, default=str).encode())
 
 
-# the parameters that describe one dataset: a step that only prepares data (all its parameters
-# are of these groups, or seed/image_size) is seen by each later step through its datasets only
-DATASETS = {"chexpert": ("data_dir", "phantom", "chexpert"),
-            "shenzhen": ("shenzhen_dir", "phantom_shenzhen", "shenzhen")}
-DATA_STEP_COMMON = ("seed", "image_size")
-
-
-def _dataset_of(name: str) -> str | None:
-    return next((g for g, names in DATASETS.items() if name in names), None)
-
-
-def key_parameters(params: dict[str, Any], fingerprint) -> dict[str, Any]:
-    """The parameters as a key holds them: a data folder by its content fingerprint (so moving
-    it, or the run folder, keeps the key), never the run folder itself."""
-    out = {k: v for k, v in params.items() if k not in RUNNER_PARAMETERS}
-    for name in sources.SOURCES:
-        if out.get(name):
-            out[name] = {"fingerprint": fingerprint(str(out[name]))}
-    return out
-
-
 def run_keys(prof: Profile, rd: RunPaths) -> dict[str, str]:
-    """The key of every run of a profile (see :func:`run_key`), in profile order. A run sees an
-    upstream data step only through the datasets it declares itself (changing the Shenzhen
-    settings does not rerun the CheXpert steps)."""
+    """The key of every run of a profile (see :func:`run_key`), in profile order. Data folders
+    enter by content fingerprint, the run folder not at all; a run sees an upstream data-only
+    step through the datasets it declares itself (:func:`mocoxr.keys.data_step_view`)."""
     code, out, memo = code_hash(), {}, {}
     fingerprint = lambda p: memo.setdefault(p, keys.folder_fingerprint(p))  # noqa: E731
-
-    def seen_by(dep: Run, run: Run) -> str:
-        names = [k for k in dep.parameters if k not in RUNNER_PARAMETERS + DATA_STEP_COMMON]
-        if not names or any(_dataset_of(k) is None for k in names):
-            return out[dep.run_id]
-        wanted = {g for g, ns in DATASETS.items() if any(n in run.parameters for n in ns)}
-        params = {k: v for k, v in dep.parameters.items() if _dataset_of(k) in wanted | {None}}
-        return run_key(dep, key_parameters(params, fingerprint), [out[d] for d in dep.deps], code)
-
+    as_key = lambda params: keys.key_parameters(params, fingerprint, RUNNER_PARAMETERS)  # noqa: E731
     for run in prof.runs:
-        ups = [seen_by(prof.run(d), run) for d in run.deps]
-        out[run.run_id] = run_key(run, key_parameters(run.parameters, fingerprint), ups, code)
+        ups = []
+        for d in run.deps:
+            dep = prof.run(d)
+            view = keys.data_step_view(dep.parameters, run.parameters, RUNNER_PARAMETERS)
+            ups.append(out[d] if view is None else
+                       run_key(dep, as_key(view), [out[x] for x in dep.deps], code))
+        out[run.run_id] = run_key(run, as_key(run.parameters), ups, code)
     return out
 
 

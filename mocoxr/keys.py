@@ -20,6 +20,12 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # the modules whose code decides what a trained model computes (cache keys of models/features)
 TRAINING_CODE = ("augment", "models", "moco", "train")
 _SMALL_FILE = 1 << 20  # files up to this size (CSVs, JSON) are hashed whole
+# the notebook parameters that describe one dataset; a notebook whose parameters all belong to
+# these groups (or are DATA_STEP_COMMON) only prepares data, and later steps see it per dataset
+DATASETS = {"chexpert": ("data_dir", "phantom", "chexpert"),
+            "shenzhen": ("shenzhen_dir", "phantom_shenzhen", "shenzhen")}
+DATA_STEP_COMMON = ("seed", "image_size")
+DATA_FOLDERS = ("data_dir", "shenzhen_dir")
 
 
 def sha(obj: Any) -> str:
@@ -113,3 +119,30 @@ def code_digest(modules: Iterable[str] | None = None) -> str:
     for p in files:
         h.update(p.relative_to(PACKAGE_DIR).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
     return h.hexdigest()
+
+
+def _dataset_of(name: str) -> str | None:
+    return next((g for g, names in DATASETS.items() if name in names), None)
+
+
+def data_step_view(dep: dict[str, Any], run: dict[str, Any], ignore: tuple = ()) -> dict | None:
+    """When the upstream step with parameters ``dep`` only prepares data: the part of them a
+    step with parameters ``run`` reads (the datasets it declares, plus seed and image size);
+    else None (the whole upstream key counts). So changing only the Shenzhen settings leaves
+    the CheXpert steps up to date."""
+    names = [k for k in dep if k not in tuple(ignore) + DATA_STEP_COMMON]
+    if not names or any(_dataset_of(k) is None for k in names):
+        return None
+    wanted = {g for g, ns in DATASETS.items() if any(n in run for n in ns)}
+    return {k: v for k, v in dep.items() if _dataset_of(k) in wanted | {None}}
+
+
+def key_parameters(params: dict[str, Any], fingerprint=folder_fingerprint,
+                   ignore: tuple = ()) -> dict[str, Any]:
+    """Parameters as a key holds them: without ``ignore`` (the run folder), data folders by
+    their content fingerprint (so moving one keeps the key)."""
+    out = {k: v for k, v in params.items() if k not in ignore}
+    for name in DATA_FOLDERS:
+        if out.get(name):
+            out[name] = {"fingerprint": fingerprint(str(out[name]))}
+    return out
