@@ -10,6 +10,8 @@ Cases:
   equal those of an uninterrupted run, and a third run must find everything up to date;
 - pretraining: ``train.pretrain`` on a few 32-pixel images is killed at a random moment and
   resumed; the exported backbone must equal the uninterrupted run's bit for bit;
+- read-only: a run into a folder on a read-only tmpfs (where one can be mounted) must fail
+  with one StorageError line naming the folder;
 - disk full: on a small tmpfs (mounted when this machine allows it, otherwise simulated with
   ENOSPC), an upsert into results.csv and a checkpoint save must fail with one StorageError
   line naming the file, and leave the previous results.csv / checkpoint intact.
@@ -237,6 +239,31 @@ def disk_full_cases(work: Path, log) -> tuple[int, list[str]]:
     return cases, problems
 
 
+def read_only_cases(work: Path, log) -> tuple[int, list[str]]:
+    """A run into a folder on a read-only file system: one StorageError line naming the path
+    (only where this machine lets us mount a read-only tmpfs)."""
+    from mocoxr import book, store
+
+    mnt = work / "ro"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs",
+                                            str(mnt)], capture_output=True).returncode:
+        log("  read-only run folder: skipped (cannot mount a read-only tmpfs here)")
+        return 0, []
+    try:
+        project = work / "project"
+        book.run_profile(project / "p.yaml", mnt / "run", root=project, progress=False,
+                         echo=lambda *a: None)
+        return 1, ["read-only run folder: the run did not fail"]
+    except store.StorageError as exc:
+        msg = str(exc)
+        log(f"  read-only run folder: {msg}")
+        ok = "\n" not in msg and str(mnt / "run") in msg and "read-only" in msg
+        return 1, [] if ok else [f"read-only run folder: unclear message {msg!r}"]
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seed", type=int, default=int(time.time()) % 10_000)
@@ -249,11 +276,13 @@ def main(argv: list[str] | None = None) -> int:
         n1, p1 = runner_cases(work, rng, args.kills, print)
         n2, p2 = pretrain_cases(work, rng, args.kills, print)
         n3, p3 = disk_full_cases(work, print)
+        n4, p4 = read_only_cases(work, print)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    problems = p1 + p2 + p3
-    total = n1 + n2 + n3
-    print(f"{total} cases tried ({n1} runner kills, {n2} pretraining kills, {n3} disk-full writes): "
+    problems = p1 + p2 + p3 + p4
+    total = n1 + n2 + n3 + n4
+    print(f"{total} cases tried ({n1} runner kills, {n2} pretraining kills, {n3} disk-full writes, "
+          f"{n4} read-only run folder): "
           + ("nothing lost" if not problems else f"{len(problems)} LOST OR CHANGED:\n  " + "\n  ".join(problems)))
     return 1 if problems else 0
 

@@ -21,4 +21,4 @@ def test_fault_injection_loses_nothing():
     print(proc.stdout)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     last = proc.stdout.strip().splitlines()[-1]
-    assert last.endswith("nothing lost") and "6 cases tried" in last
+    assert last.endswith("nothing lost") and "2 runner kills, 2 pretraining kills, 2 disk-full" in last

@@ -309,3 +309,26 @@ def test_documented_real_data_commands_at_toy_size(tmp_path: Path):
     assert (tmp_path / "site" / "_build" / "html" / "index.html").is_file()
     again = cli("run")  # `run` itself needs the flags the profile requires
     assert again.returncode == 2 and "--data-dir" in again.stderr
+
+
+def test_moving_a_run_folder_keeps_dataset_fingerprint_pretraining_folder_and_pointer(tmp_path: Path):
+    from mocoxr import train
+
+    first = tmp_path / "first" / "run"
+    folder = book.shenzhen_folder(first, None, {"n_images": 16, "image_size": 32})
+    ds = book.load_dataset(first, "shenzhen", folder, 16, {"fractions": [1.0], "draws": [1]})
+    cfg = train.PretrainConfig(backbone="resnet18", init="random", image_size=16)
+    out = book.pretrain_dir(first, cfg, ds)
+    out.mkdir(parents=True)
+    (out / "backbone.pt").write_bytes(b"weights")
+    book.record_pretrained(first, "resnet18", out)
+
+    moved = tmp_path / "second" / "run"
+    shutil.move(first, moved)
+    folder2 = book.shenzhen_folder(moved, None, {"n_images": 16, "image_size": 32})
+    ds2 = book.load_dataset(moved, "shenzhen", folder2, 16, {"fractions": [1.0], "draws": [1]})
+    assert ds2.fingerprint == ds.fingerprint  # content, not paths or times
+    assert book.pretrain_dir(moved, cfg, ds2).name == out.name  # the finished pretraining is found
+    assert book.run_paths(moved).moco_backbone("resnet18").read_bytes() == b"weights"
+    other = book.load_dataset(moved, "shenzhen", folder2, 24, {"fractions": [1.0], "draws": [1]})
+    assert other.fingerprint != ds.fingerprint
