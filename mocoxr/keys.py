@@ -126,15 +126,18 @@ def _dataset_of(name: str) -> str | None:
 
 
 def data_step_view(dep: dict[str, Any], run: dict[str, Any], ignore: tuple = ()) -> dict | None:
-    """When the upstream step with parameters ``dep`` only prepares data: the part of them a
-    step with parameters ``run`` reads (the datasets it declares, plus seed and image size);
-    else None (the whole upstream key counts). So changing only the Shenzhen settings leaves
+    """When the upstream step with parameters ``dep`` only prepares data and the step with
+    parameters ``run`` declares some dataset's parameters: the part of ``dep`` that step reads
+    (whole datasets it declares any parameter of, plus seed and image size); else None (the
+    whole upstream key counts). So changing only the Shenzhen settings leaves
     the CheXpert steps up to date."""
     names = [k for k in dep if k not in tuple(ignore) + DATA_STEP_COMMON]
     if not names or any(_dataset_of(k) is None for k in names):
         return None
     wanted = {g for g, ns in DATASETS.items() if any(n in run for n in ns)}
-    return {k: v for k, v in dep.items() if _dataset_of(k) in wanted | {None}}
+    if not wanted:  # a step that names no dataset (reads them from upstream): sees it all
+        return None
+    return {k: v for k, v in dep.items() if k not in ignore and _dataset_of(k) in wanted | {None}}
 
 
 def key_parameters(params: dict[str, Any], fingerprint=folder_fingerprint,

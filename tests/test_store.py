@@ -173,3 +173,16 @@ def test_code_hash_sees_an_edit_of_book_py(tmp_path: Path):
     after = keys_of(copy)
     assert before.keys() == after.keys()
     assert all(before[k] != after[k] for k in before)
+
+
+def test_data_step_view_keeps_the_datasets_a_step_declares():
+    data_step = {"run_dir": ".", "seed": 0, "image_size": 32, "data_dir": None, "phantom": {"n": 1},
+                 "chexpert": {"a": 1}, "shenzhen_dir": None, "phantom_shenzhen": {}, "shenzhen": {"f": 1}}
+    pretrain = {"run_dir": ".", "data_dir": None, "chexpert": {"a": 1}, "pretrain": {}}
+    view = keys.data_step_view(data_step, pretrain, ("run_dir",))
+    assert set(view) == {"seed", "image_size", "data_dir", "phantom", "chexpert"}
+    shenzhen = {"shenzhen_dir": None, "shenzhen": {}, "backbone": "resnet18"}
+    assert set(keys.data_step_view(data_step, shenzhen, ("run_dir",))) == {
+        "seed", "image_size", "shenzhen_dir", "phantom_shenzhen", "shenzhen"}
+    assert keys.data_step_view(data_step, {"backbone": "resnet18"}, ("run_dir",)) is None
+    assert keys.data_step_view({**data_step, "backbone": "x"}, pretrain, ("run_dir",)) is None
