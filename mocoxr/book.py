@@ -58,6 +58,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from mocoxr import keys, schema, sources, store
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 PROFILES_DIR = PACKAGE_DIR / "profiles"
 PAPER_RESULTS = PACKAGE_DIR / "data" / "paper_results.csv"
@@ -175,7 +177,7 @@ class RunPaths:
         """The exported (plain torchvision) MoCo-pretrained backbone that 02_pretrain recorded
         last for ``backbone`` (see :func:`record_pretrained`); error if there is none."""
         pointer = self.checkpoints / f"moco_{backbone}.json"
-        p = Path(json.loads(pointer.read_text())["backbone"]) if pointer.is_file() else None
+        p = self.checkpoints / json.loads(pointer.read_text())["backbone"] if pointer.is_file() else None
         if p is None or not p.is_file():
             raise FileNotFoundError(
                 f"no pretrained {backbone} recorded in {pointer}: run notebooks/02_pretrain with "
@@ -309,6 +311,23 @@ def _check_subkeys(path: Path, where: str, name: str, value: Any, defaults: list
             )
 
 
+def prof_run(runs: Sequence[Run], run_id: str) -> Run:
+    return next(r for r in runs if r.run_id == run_id)
+
+
+def _check_values(path: Path, where: str, i: int, rs: dict, shared: dict, params: dict,
+                  defaults: dict) -> None:
+    """Every parameter value of a run passes :mod:`mocoxr.schema` (the error names the file,
+    where the value was set, the value and what was expected)."""
+    bad = schema.problems(params, defaults)
+    if bad:
+        key, value, want = bad[0]
+        top = key.split(".")[0]
+        at = (f"{where}.runs[{i}]." if top in rs else "parameters." if top in shared
+              else f"the default of notebook {where.split('.', 1)[1]}: ")
+        raise ProfileError(f"{path}: {at}{key} = {value!r}: expected {want}")
+
+
 def _slug(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
     return re.sub(r"[^A-Za-z0-9_.]+", "_", text).strip("_")
@@ -413,6 +432,7 @@ def load_profile(
                 for k in defaults if k not in RUNNER_PARAMETERS
             }
             params = {k: deep_merge(params[k], rs[k]) if k in rs else v for k, v in params.items()}
+            _check_values(path, where, i, rs, shared, params, defaults)
             if i == 0:
                 run_id = str(nb_name)
             else:
@@ -431,6 +451,13 @@ def load_profile(
                 run.parameters.get(k, v) == v for k, v in other.overrides.items()
             ):
                 run.deps.append(other.run_id)
+        for nb_name in run.needs:
+            if not any(prof_run(runs, d).notebook == nb_name for d in run.deps):
+                ours = {k: run.parameters.get(k) for o in runs if o.notebook == nb_name for k in o.overrides}
+                raise ProfileError(
+                    f"{path}: run {run.run_id} needs {nb_name}, but no run of {nb_name} has its "
+                    f"parameters {ours}; add such a run to notebooks.{nb_name}.runs"
+                )
     return Profile(path.stem, path, str(raw.get("description") or ""), requires, shared, runs)
 
 
@@ -442,16 +469,9 @@ def _sha(data: bytes) -> str:
 
 
 def code_hash() -> str:
-    """Hash of the package code the notebooks call (everything but this runner and the profiles)."""
-    h = hashlib.sha256()
-    for p in sorted(PACKAGE_DIR.rglob("*")):
-        rel = p.relative_to(PACKAGE_DIR)
-        if not p.is_file() or p.name == "book.py" or rel.parts[0] in ("profiles", "__pycache__"):
-            continue
-        if p.suffix in (".pyc",):
-            continue
-        h.update(str(rel).encode() + b"\0" + p.read_bytes() + b"\0")
-    return h.hexdigest()
+    """Hash of the package code the notebooks call: every module of ``mocoxr`` (this one, which
+    holds the notebook helpers, included) and its data files; not the profiles."""
+    return keys.code_digest()
 
 
 def run_key(run: Run, injected: dict[str, Any], dep_keys: Sequence[str], code: str) -> str:
@@ -466,12 +486,21 @@ def run_key(run: Run, injected: dict[str, Any], dep_keys: Sequence[str], code: s
 
 
 def run_keys(prof: Profile, rd: RunPaths) -> dict[str, str]:
-    """The key of every run of a profile (see :func:`run_key`), in profile order."""
-    code, keys = code_hash(), {}
+    """The key of every run of a profile (see :func:`run_key`), in profile order. Data folders
+    enter by content fingerprint, the run folder not at all; a run sees an upstream data-only
+    step through the datasets it declares itself (:func:`mocoxr.keys.data_step_view`)."""
+    code, out, memo = code_hash(), {}, {}
+    fingerprint = lambda p: memo.setdefault(p, keys.folder_fingerprint(p))  # noqa: E731
+    as_key = lambda params: keys.key_parameters(params, fingerprint, RUNNER_PARAMETERS)  # noqa: E731
     for run in prof.runs:
-        injected = {"run_dir": str(rd.root), **run.parameters}
-        keys[run.run_id] = run_key(run, injected, [keys[d] for d in run.deps], code)
-    return keys
+        ups = []
+        for d in run.deps:
+            dep = prof.run(d)
+            view = keys.data_step_view(dep.parameters, run.parameters, RUNNER_PARAMETERS)
+            ups.append(out[d] if view is None else
+                       run_key(dep, as_key(view), [out[x] for x in dep.deps], code))
+        out[run.run_id] = run_key(run, as_key(run.parameters), ups, code)
+    return out
 
 
 def notebook_errors(path: Path) -> list[str]:
@@ -569,7 +598,7 @@ def execute_run(
 
 
 def run_profile(
-    profile: str | Path,
+    profile: str | Path | Profile,
     run_dir: Path | None = None,
     overrides: dict[str, Any] | None = None,
     root: Path | None = None,
@@ -581,14 +610,49 @@ def run_profile(
 ) -> list[Outcome]:
     """Execute a profile's runs in order; returns one :class:`Outcome` per run.
 
-    Up-to-date runs are skipped; a failure stops only the runs that depend on it. ``select``
-    keeps only the runs it returns True for (their needs must be among them).
+    Up-to-date runs are skipped; a failure stops only the runs that depend on it. The run folder
+    is locked for the whole run (a second run of it exits naming this one's pid), its recorded
+    data source must match (see :mod:`mocoxr.sources`), and what the profile needs (weight
+    files, data folders, device) is checked before the first step. ``profile`` may be a loaded
+    :class:`Profile` (then ``overrides`` were applied when it was loaded), so that a batch can
+    run one profile into several folders, each locked on its own. ``select`` keeps only the
+    runs it returns True for (their needs must be among them).
     """
     root = Path(root) if root else project_root()
-    prof = load_profile(profile, root / "notebooks", overrides)
+    if isinstance(profile, Profile):
+        if overrides:
+            raise ValueError("overrides apply when a profile is loaded: pass them to load_profile")
+        prof = profile
+    else:
+        prof = load_profile(profile, root / "notebooks", overrides)
     if select is not None:
         prof = dataclasses.replace(prof, runs=[r for r in prof.runs if select(r)])
-    rd = run_paths(run_dir or default_run_dir(prof.name, root))
+    missing = sources.preflight(prof.runs)
+    if missing:
+        raise ProfileError(f"{prof.path}: this machine lacks what the profile needs:\n  "
+                           + "\n  ".join(missing))
+    with store.writing(run_dir or default_run_dir(prof.name, root)):
+        rd = run_paths(run_dir or default_run_dir(prof.name, root))
+    with store.run_lock(rd.root):
+        sources.check_and_record(rd.root, prof.parameters)
+        return _run_all(prof, rd, force, progress, log_output, echo)
+
+
+def _failure_line(exc: BaseException) -> str:
+    """``Name: first line of the message`` of a failed step (papermill's error carries the
+    notebook's exception); storage failures read as one line naming the path and the cause."""
+    name, text = getattr(exc, "ename", None), getattr(exc, "evalue", None)
+    if name is None:
+        name, text = type(exc).__name__, str(exc)
+    err = store.storage_error(exc, "") if not hasattr(exc, "ename") else None
+    if err is not None:
+        return f"StorageError: {err}"
+    lines = [ln for ln in str(text).strip().splitlines() if ln.strip()]
+    return f"{name}: {lines[0] if lines else ''}"
+
+
+def _run_all(prof: Profile, rd: RunPaths, force: bool, progress: bool, log_output: bool,
+             echo) -> list[Outcome]:
     keys = run_keys(prof, rd)
     outcomes: dict[str, Outcome] = {}
     echo(f"profile {prof.name} ({prof.path}) -> {rd.root}")
@@ -606,22 +670,22 @@ def run_profile(
             echo(f"{head}: up to date ({rd.executed_nb(run.run_id)})")
             continue
         echo(f"{head}: running {run.source}")
-        rd.stamp(run.run_id).unlink(missing_ok=True)
         t0 = time.time()
         try:
-            execute_run(run, injected, rd, run.source.parent, progress, log_output)
+            with store.writing(rd.root):
+                rd.stamp(run.run_id).unlink(missing_ok=True)
+                execute_run(run, injected, rd, run.source.parent, progress, log_output)
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # noqa: BLE001 - report and go on with independent runs
             dt = time.time() - t0
-            msg = str(exc).strip().splitlines()
             where = rd.failed_nb(run.run_id)
-            detail = f"{run.source}: {type(exc).__name__}: {msg[-1] if msg else ''}"
+            detail = f"{run.source}: {_failure_line(exc)}"
             if where.exists():
                 detail += f"; partial notebook: {where}"
             outcomes[run.run_id] = Outcome(run.run_id, "failed", dt, detail)
             echo(f"{head}: FAILED after {dt:.0f} s: {detail}")
-            if not where.exists():
+            if not where.exists() and not isinstance(exc, store.StorageError):
                 echo(traceback.format_exc())
             continue
         dt = time.time() - t0
@@ -629,10 +693,7 @@ def run_profile(
             "key": key, "run_id": run.run_id, "notebook": str(run.source), "parameters": injected,
             "seconds": round(dt, 1), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
-        rd.stamps.mkdir(parents=True, exist_ok=True)
-        tmp = rd.stamp(run.run_id).with_suffix(".tmp")
-        tmp.write_text(json.dumps(stamp, indent=1, default=str))
-        os.replace(tmp, rd.stamp(run.run_id))
+        store.atomic_write_text(rd.stamp(run.run_id), json.dumps(stamp, indent=1, default=str))
         rd.failed_nb(run.run_id).unlink(missing_ok=True)
         outcomes[run.run_id] = Outcome(run.run_id, "ran", dt)
         echo(f"{head}: done in {dt:.0f} s -> {rd.executed_nb(run.run_id)}")
@@ -654,7 +715,38 @@ def summary(outcomes: Sequence[Outcome]) -> str:
 # ----------------------------------------------------------------------------- site
 
 
-def stage_site(prof: Profile, rd: RunPaths, root: Path, echo=print) -> Path:
+def open_run(profile: str | Path, root: Path, run_dir: Path | None = None,
+             overrides: dict[str, Any] | None = None) -> tuple[Profile, RunPaths]:
+    """The profile and its run folder, with the data folders the folder recorded (see
+    :mod:`mocoxr.sources`) for every data flag not given: ``status`` and ``build`` of a
+    real-data run need no flags."""
+    rd = run_paths(run_dir or default_run_dir(profile_path(profile).stem, root))
+    given = {**sources.recorded_overrides(rd.root), **(overrides or {})}
+    return load_profile(profile, root / "notebooks", given), rd
+
+
+def stale_runs(prof: Profile, rd: RunPaths) -> list[str]:
+    """Runs whose executed notebook exists but is not up to date (what ``status`` lists)."""
+    keys = run_keys(prof, rd)
+    return [r.run_id for r in prof.runs
+            if rd.executed_nb(r.run_id).is_file() and not is_up_to_date(rd, r.run_id, keys[r.run_id])]
+
+
+STALE_NOTE = (":::{{warning}}\nThis page is **stale**: its notebook, parameters, package code or an "
+              "upstream step changed after it ran. Rerun `python -m mocoxr.book run --profile {name}` "
+              "to update it.\n:::")
+
+
+def _mark_stale(nb_path: Path, name: str) -> None:
+    import nbformat
+
+    nb = nbformat.read(str(nb_path), as_version=4)
+    nb.cells.insert(1, nbformat.v4.new_markdown_cell(STALE_NOTE.format(name=name)))
+    nbformat.write(nb, str(nb_path))
+
+
+def stage_site(prof: Profile, rd: RunPaths, root: Path, echo=print,
+               stale: Sequence[str] = ()) -> Path:
     """Assemble the book's source (config, prose, the profile's executed notebooks, the CSVs)
     in ``<run_dir>/site`` and return it. Files keep their times so Sphinx rebuilds only changes.
     Notebooks go through ``site.stage_notebook`` (paths relative to the run folder, parameters
@@ -683,6 +775,8 @@ def stage_site(prof: Profile, rd: RunPaths, root: Path, echo=print) -> Path:
         if nb.is_file():
             pairs = site_pages.path_replacements(rd.root, root, run.parameters)
             site_pages.stage_notebook(nb, executed / nb.name, pairs)
+            if run.run_id in stale:
+                _mark_stale(executed / nb.name, prof.name)
             found.append(nb)
         else:
             echo(f"warning: {run.run_id} has no executed notebook ({nb}); its page is left out")
@@ -705,14 +799,24 @@ def build_site(
     root: Path | None = None,
     echo=print,
     quiet: bool = False,
+    overrides: dict[str, Any] | None = None,
+    allow_stale: bool = False,
 ) -> Path:
     """Build the HTML site of a profile's executed notebooks; returns ``_build/html/index.html``.
 
-    The build's output is kept in ``<run_dir>/site/build.log`` (and echoed unless ``quiet``)."""
+    Refuses notebooks that ``status`` lists as stale, unless ``allow_stale`` (then their pages
+    carry a warning). The data folders default to those the run recorded. The build's output
+    is kept in ``<run_dir>/site/build.log`` (and echoed unless ``quiet``)."""
     root = Path(root) if root else project_root()
-    prof = load_profile(profile, root / "notebooks")
-    rd = run_paths(run_dir or default_run_dir(prof.name, root))
-    site = stage_site(prof, rd, root, echo)
+    prof, rd = open_run(profile, root, run_dir, overrides)
+    stale = stale_runs(prof, rd)
+    if stale and not allow_stale:
+        raise RuntimeError(
+            f"{len(stale)} executed notebook(s) in {rd.executed} are stale ({', '.join(stale)}): "
+            f"run `python -m mocoxr.book run --profile {prof.name}` first, or build with "
+            f"--allow-stale to publish them marked as stale"
+        )
+    site = stage_site(prof, rd, root, echo, stale)
     output = Path(output or root).resolve()
     cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()",
            "build", str(site), "--path-output", str(output)]
@@ -782,7 +886,7 @@ class Dataset:
     images: Any  # (N, size, size) uint8 memmap, row i = manifest row i
     mean: float
     std: float
-    fingerprint: str  # hash of the image list (paths, sizes, mtimes) and size: names what was trained on
+    fingerprint: str  # content hash of the decoded images (and the dataset's name and size)
 
     @property
     def manifest(self):
@@ -811,8 +915,7 @@ def load_dataset(
         prepared.manifest["path"].tolist(), image_size, paths.cache / f"{name}_{image_size}px.npy"
     )
     mean, std = cache.image_stats(images, prepared.rows("train"))
-    key = cache.cache_key(prepared.manifest["path"].tolist(), image_size)
-    fingerprint = _sha(json.dumps([key, name], sort_keys=True, default=str).encode())[:16]
+    fingerprint = keys.sha([keys.array_digest(images), name, int(image_size)])[:16]
     return Dataset(prepared, images, mean, std, fingerprint)
 
 
@@ -826,7 +929,8 @@ def pretrain_dir(run_dir: str | Path, cfg: Any, ds: Dataset) -> Path:
     from mocoxr import train
 
     conf = {k: v for k, v in train.config_dict(cfg).items() if k not in SPEED_FIELDS}
-    key = _sha(json.dumps([conf, ds.fingerprint], sort_keys=True).encode())[:10]
+    key = _sha(json.dumps([conf, ds.fingerprint, keys.code_digest(keys.TRAINING_CODE)],
+                          sort_keys=True).encode())[:10]
     return run_paths(run_dir).checkpoints / f"moco_{cfg.backbone}_{key}"
 
 
@@ -837,9 +941,8 @@ def record_pretrained(run_dir: str | Path, backbone: str, folder: Path) -> Path:
     if not exported.is_file():
         raise FileNotFoundError(f"{exported} does not exist: pretraining has not finished")
     pointer = run_paths(run_dir).checkpoints / f"moco_{backbone}.json"
-    tmp = pointer.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"folder": str(Path(folder).resolve()), "backbone": str(exported.resolve())}))
-    os.replace(tmp, pointer)
+    rel = lambda p: os.path.relpath(Path(p).resolve(), pointer.parent.resolve())  # noqa: E731
+    store.atomic_write_text(pointer, json.dumps({"folder": rel(folder), "backbone": rel(exported)}))
     return exported
 
 
@@ -1015,7 +1118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         p.add_argument("--profile", default="quick", help="packaged profile name or a YAML file (default: quick)")
         p.add_argument("--run-dir", type=Path, help="run folder (default: runs/<profile>)")
-        if name in ("run", "status"):
+        if name in ("run", "status", "build"):
             p.add_argument("--data-dir", help="folder holding CheXpert-v1.0-small/ (default: generate the embedded data)")
             p.add_argument("--shenzhen-dir", help="folder holding the Shenzhen CXR_png/ (default: generate)")
         if name == "run":
@@ -1026,6 +1129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.add_argument("--log-output", action="store_true", help="stream notebook output to the terminal")
         if name == "build":
             p.add_argument("--output", type=Path, help="folder that receives _build/ (default: project root)")
+            p.add_argument("--allow-stale", action="store_true",
+                           help="publish stale notebooks, marked as stale on their pages")
     args = ap.parse_args(argv)
     try:
         if args.command == "run" and args.seeds:
@@ -1035,15 +1140,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    force=args.force, log_output=args.log_output)
             return 0 if all(o.status in ("ran", "up to date") for o in outcomes) else 1
         if args.command == "build":
-            build_site(args.profile, args.run_dir, args.output)
+            build_site(args.profile, args.run_dir, args.output, overrides=_overrides(args),
+                       allow_stale=args.allow_stale)
             return 0
         if args.command == "check":
             problems = pairing_problems(project_root() / "notebooks")
             print("\n".join(problems) or "all notebook pairs in sync")
             return 1 if problems else 0
-        root = project_root()
-        prof = load_profile(args.profile, root / "notebooks", _overrides(args))
-        rd = run_paths(args.run_dir or default_run_dir(prof.name, root))
+        prof, rd = open_run(args.profile, project_root(), args.run_dir, _overrides(args))
         stale = False
         for run_id, key in run_keys(prof, rd).items():
             ok = is_up_to_date(rd, run_id, key)

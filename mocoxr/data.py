@@ -31,6 +31,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from mocoxr import store
+
 CHEXPERT_OBSERVATIONS: tuple[str, ...] = (
     "No Finding",
     "Enlarged Cardiomediastinum",
@@ -129,7 +131,7 @@ def _raise_missing(source: Path | str, missing: list[str], total: int) -> None:
     if missing:
         raise FileNotFoundError(
             f"{source}: {len(missing)} of {total} image files do not exist, e.g. "
-            f"{', '.join(missing[:_SHOW])} (pass check_images=False to read labels only)"
+            f"{', '.join(missing[:_SHOW])}: is the dataset completely unpacked next to its CSVs?"
         )
 
 
@@ -203,6 +205,14 @@ def read_chexpert_csv(
             f"e.g. {df[target][bad].head(_SHOW).tolist()}"
         )
 
+    if len(df) == 0:
+        raise ValueError(f"{csv_path}: the CSV has a header but no rows: no images to read")
+    twice = df["Path"].duplicated()
+    if twice.any():
+        raise ValueError(
+            f"{csv_path}: {int(twice.sum())} of {len(df)} rows repeat an image path listed above "
+            f"them (is the file concatenated twice?), e.g. {df['Path'][twice].head(_SHOW).tolist()}"
+        )
     rel, patient, study, ok = _parse_image_paths(df["Path"].astype(str).to_numpy())
     if not ok.all():
         raise ValueError(
@@ -514,15 +524,11 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    store.atomic_write_text(path, text)  # a full disk or read-only folder: one-line StorageError
 
 
 def _atomic_write_csv(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    store.atomic_write(path, lambda fh: df.to_csv(fh, index=False), mode="w")
 
 
 def _train_subsets(manifest: pd.DataFrame, fractions, draws, seed: int) -> pd.DataFrame:
@@ -621,9 +627,28 @@ def prepare_chexpert(
         train = split_by_patient(train, val_fraction=val_fraction, seed=seed)
         test = test.assign(split="test")
         manifest = pd.concat([train, test], ignore_index=True)
+        check_split_counts(manifest, f"CheXpert data in {cdir}")
         return manifest, _train_subsets(manifest, fractions, draws, seed)
 
     return _prepare("chexpert", out_dir, params, build)
+
+
+MIN_PER_CLASS = 1  # images of each class every split needs (an AUC needs both classes)
+
+
+def check_split_counts(manifest: pd.DataFrame, source: str, minimum: int = MIN_PER_CLASS) -> None:
+    """Every split (train, val, test) must hold ``minimum`` images of each class; otherwise a
+    ValueError at the data step that says "too few images" with the counts of every split."""
+    counts = {s: (int((g["label"] == 1).sum()), int((g["label"] == 0).sum()))
+              for s, g in manifest.groupby("split")}
+    short = [s for s in ("train", "val", "test") if min(counts.get(s, (0, 0))) < minimum]
+    if short:
+        table = ", ".join(f"{s} {counts.get(s, (0, 0))[0]} positive / {counts.get(s, (0, 0))[1]} "
+                          f"negative" for s in ("train", "val", "test"))
+        raise ValueError(
+            f"{source}: too few images ({len(manifest)} in all: {table}); every split needs at "
+            f"least {minimum} image(s) of each class; short: {', '.join(short)}"
+        )
 
 
 def _dir_fingerprint(paths: Sequence[str]) -> str:
@@ -661,6 +686,7 @@ def prepare_shenzhen(
 
     def build() -> tuple[pd.DataFrame, pd.DataFrame]:
         manifest = split_stratified(df, split_fractions, seed=seed)
+        check_split_counts(manifest, f"Shenzhen data in {folder}")
         return manifest, _train_subsets(manifest, fractions, draws, seed)
 
     return _prepare("shenzhen", out_dir, params, build)

@@ -12,13 +12,14 @@ the negatives below it (ties count one half), i.e. the Mann-Whitney statistic.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+
+from mocoxr import store
 
 RESULTS_COLUMNS = [
     "experiment", "backbone", "init", "label_fraction", "draw",
@@ -140,10 +141,7 @@ def paired_bootstrap_delta(
 
 
 def _atomic_write_csv(df: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    store.atomic_write(path, lambda fh: df.to_csv(fh, index=False), mode="w")
 
 
 def upsert_rows(
@@ -154,7 +152,13 @@ def upsert_rows(
     Reruns therefore update results instead of duplicating them.
     """
     csv_path = Path(csv_path)
-    new = pd.DataFrame(list(rows))
+    with store.file_lock(csv_path):  # another process may upsert into the same table
+        return _upsert_locked(csv_path, list(rows), columns, key)
+
+
+def _upsert_locked(csv_path: Path, rows: list[dict], columns: Sequence[str],
+                   key: Sequence[str]) -> pd.DataFrame:
+    new = pd.DataFrame(rows)
     missing = [c for c in columns if c not in new.columns]
     if len(new) and missing:
         raise ValueError(f"rows for {csv_path.name} lack columns {missing}; expected {list(columns)}")
@@ -198,9 +202,7 @@ def save_predictions(
         raise ValueError(f"rows, y and scores differ in length: {len(rows)}, {len(y)}, {len(scores)}")
     path = _prediction_file(pred_dir, experiment, backbone, init, label_fraction, draw)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, rows=rows, y=y, scores=scores)
-    os.replace(tmp, path)
+    store.atomic_write(path, lambda fh: np.savez(fh, rows=rows, y=y, scores=scores))
     return path
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mocoxr import evaluate, models, train
+from mocoxr import evaluate, keys, models, store, train
 
 MEAN_DRAW = -1
 EXPERIMENTS = ("linear", "finetune", "shenzhen_linear", "shenzhen_finetune")
@@ -84,14 +84,17 @@ def dataset_features(prepared: Any, images: np.ndarray, backbone_name: str, init
                      spec: Any, mean: float, std: float, image_size: int, out_dir: str | Path,
                      batch_size: int = 64, device: str = "cpu", seed: int = 0) -> np.ndarray:
     """Features (len(manifest), D) of every manifest row for one backbone spec, cached in
-    ``out_dir/features`` and keyed by the weights' content hash (so a retrained checkpoint
-    under the same name is never served stale features)."""
+    ``out_dir/features`` and keyed by the weights' content hash, the images' content hash and
+    the feature code (so a retrained checkpoint, other images under the same names or edited
+    code are never served stale features)."""
     model = models.create_backbone(backbone_name, init=spec, seed=seed)
     name = f"{_tag(prepared.name)}__{backbone_name}__{_tag(init_name)}__{image_size}px.npy"
     cache = Path(out_dir) / "features" / name
+    key = keys.sha([train.state_dict_sha1(model), keys.array_digest(images),
+                    keys.code_digest(keys.TRAINING_CODE)])
     return train.extract_features(model, images, np.arange(len(prepared.manifest)), mean, std,
                                   image_size, batch_size=batch_size, device=device,
-                                  cache_file=cache)
+                                  cache_file=cache, key=key)
 
 
 def _score_rows(experiment: str, backbone: str, init: str, fraction: float,
@@ -121,6 +124,11 @@ def _write_results(out_dir: Path, rows: list[dict]) -> pd.DataFrame:
     backbone, init, fraction) run now, so per-draw rows, the draw-averaged row and the deltas
     computed from the table always describe the same draws (e.g. after lowering max_draws)."""
     path = out_dir / "results.csv"
+    with store.file_lock(path):
+        return _write_results_locked(path, rows)
+
+
+def _write_results_locked(path: Path, rows: list[dict]) -> pd.DataFrame:
     if path.exists():
         old = pd.read_csv(path)
         ran = pd.DataFrame(rows)[["experiment", "backbone", "init", "label_fraction"]].drop_duplicates()
@@ -226,6 +234,9 @@ def run_finetune_experiment(prepared: Any, images: np.ndarray, backbones: Mappin
     state_dir, pred_dir = out_dir / "finetune", out_dir / "predictions"
     state_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
+    data_key = {"images": keys.array_digest(images), "mean": float(mean), "std": float(std),
+                "val": keys.labels_digest(val_rows, y_val), "test": keys.labels_digest(test_rows, y_test),
+                "code": keys.code_digest(keys.TRAINING_CODE)}
     for init_name, spec in backbones.items():
         spec_key = (train.file_sha1(spec) if str(spec) not in ("random", "imagenet")
                     else f"{spec}:{backbone_name}:{seed}")
@@ -242,7 +253,8 @@ def run_finetune_experiment(prepared: Any, images: np.ndarray, backbones: Mappin
                 key = {"init": spec_key, "backbone": backbone_name,
                        "config": train.config_dict(cfg),
                        "train_rows": [int(r) for r in tr], "val_rows_n": int(len(val_rows)),
-                       "test_rows_n": int(len(test_rows))}
+                       "test_rows_n": int(len(test_rows)),
+                       "train_labels": keys.labels_digest(prepared.labels(tr)), "data": data_key}
                 name = f"{experiment}__{backbone_name}__{_tag(init_name)}__f{f:g}__d{d}"
                 key_file = state_dir / f"{name}.json"
                 keep_f = keep_models is True or (not isinstance(keep_models, bool) and any(
@@ -266,7 +278,7 @@ def run_finetune_experiment(prepared: Any, images: np.ndarray, backbones: Mappin
                     hist.to_csv(state_dir / f"{name}__history.csv", index=False)
                     evaluate.save_predictions(pred_dir, experiment, backbone_name, init_name, f,
                                               d, test_rows, y_test, s)
-                    key_file.write_text(json.dumps(key))
+                    store.atomic_write_text(key_file, json.dumps(key))
                 scores.append(np.asarray(s, dtype=np.float64))
                 n_train.append(len(tr))
             rows += _score_rows(experiment, backbone_name, init_name, f, draws, scores,

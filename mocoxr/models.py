@@ -28,6 +28,8 @@ import torch
 import torch.nn as nn
 import torchvision
 
+from mocoxr import store
+
 __all__ = [
     "BACKBONES",
     "IMAGENET_WEIGHTS",
@@ -215,6 +217,11 @@ def create_backbone(name: str, init: str | Path = "random", seed: int = 0) -> nn
 
 def _atomic_save(obj, path: str | Path) -> Path:
     path = Path(path)
+    with store.writing(path):  # a full disk or read-only folder: one-line StorageError
+        return _atomic_save_raw(obj, path)
+
+
+def _atomic_save_raw(obj, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

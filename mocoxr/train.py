@@ -36,7 +36,6 @@ import hashlib
 import inspect
 import json
 import math
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -55,7 +54,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.profiler import record_function
 from tqdm.auto import tqdm
 
-from mocoxr import augment, models, moco
+from mocoxr import augment, models, moco, store
 
 CHECKPOINT_FORMAT = "mocoxr-pretrain-v1"
 
@@ -202,17 +201,7 @@ def adam(params: list[nn.Parameter], lr: float, weight_decay: float,
 
 def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
     """Write through ``write(fileobj)`` to a temporary sibling, fsync, then ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, mode) as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    store.atomic_write(path, write, mode)  # a full disk or read-only folder: one-line StorageError
 
 
 def _check_images(images: np.ndarray, rows: np.ndarray, name: str = "rows") -> np.ndarray:

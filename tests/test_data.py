@@ -253,7 +253,8 @@ def test_real_images_absent_gives_one_clear_error(real_chexpert: Path):
     with pytest.raises(FileNotFoundError) as err:
         read_chexpert_csv(real_chexpert / "valid.csv")
     assert "valid.csv: 202 of 202 image files do not exist" in str(err.value)
-    assert "check_images=False" in str(err.value)
+    assert "check_images" not in str(err.value)  # an option no profile accepts
+    assert "completely unpacked" in str(err.value)
 
 
 @pytest.fixture(scope="module")
@@ -518,3 +519,29 @@ def test_prepare_shenzhen_rebuilds_when_images_change(tmp_path: Path):
     assert _mtimes(out, "shenzhen") == first
     write_shenzhen(tmp_path / "sz" / "CXR_png", [1, 0], start=21)
     assert len(prepare_shenzhen(tmp_path / "sz", out).manifest) == 22
+
+
+def test_doubled_valid_csv_is_refused_with_counts(tree: Path, tmp_path: Path):
+    valid = tree / "CheXpert-v1.0-small" / "valid.csv"
+    text = valid.read_text()
+    valid.write_text(text + "".join(text.splitlines(keepends=True)[1:]))  # rows appended again
+    with pytest.raises(ValueError) as err:
+        prepare_chexpert(tree, tmp_path / "m", fractions=(1.0,), draws=(1,))
+    assert str(valid) in str(err.value) and "5 of 10 rows repeat an image path" in str(err.value)
+
+
+def test_header_only_train_csv_is_refused_by_name(tree: Path, tmp_path: Path):
+    train_csv = tree / "CheXpert-v1.0-small" / "train.csv"
+    train_csv.write_text(train_csv.read_text().splitlines()[0] + "\n")
+    with pytest.raises(ValueError) as err:
+        prepare_chexpert(tree, tmp_path / "m", fractions=(1.0,), draws=(1,))
+    assert f"{train_csv}: the CSV has a header but no rows" in str(err.value)
+
+
+def test_too_few_shenzhen_images_are_refused_at_the_data_step_with_counts(tmp_path: Path):
+    write_shenzhen(tmp_path / "sz" / "CXR_png", [0, 1, 0, 1, 1])
+    with pytest.raises(ValueError) as err:
+        prepare_shenzhen(tmp_path / "sz", tmp_path / "m", fractions=(1.0,), draws=(1,))
+    msg = str(err.value)
+    assert "too few images (5 in all" in msg and "short: val" in msg and "val 1 positive / 0 negative" in msg
+    assert str(tmp_path / "sz") in msg

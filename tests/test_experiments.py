@@ -134,3 +134,43 @@ def test_bad_inputs_are_named(setup):
         experiments.run_linear_experiment(prep, images, {"moco": "nope.pt"}, "resnet18", **kw)
     with pytest.raises(FileNotFoundError, match="results"):
         experiments.compute_deltas(tmp / "empty", "linear", "resnet18")
+
+
+def test_finetune_key_holds_labels_data_and_code(setup, monkeypatch):
+    """Changed training labels (e.g. another uncertain-label policy), other images or edited
+    training code retrain the model; the same inputs reuse it."""
+    tmp, prep, images, backbones = setup
+    out = tmp / "ft_keys"
+    kw = dict(mean=MEAN, std=STD, image_size=32, out_dir=out, fractions=[1.0], max_draws=1,
+              max_epochs=1, n_boot=20, batch_size=8, device="cpu", progress=False)
+    calls = []
+    real = train.finetune
+    monkeypatch.setattr(train, "finetune", lambda *a, **k: calls.append(1) or real(*a, **k))
+    one = {"moco": backbones["moco"]}
+    experiments.run_finetune_experiment(prep, images, one, "resnet18", **kw)
+    experiments.run_finetune_experiment(prep, images, one, "resnet18", **kw)
+    assert len(calls) == 1  # reused
+    flipped = prep.manifest.copy()
+    tr = prep.subset_rows(1.0, 0)
+    flipped.loc[tr[:3], "label"] = 1 - flipped.loc[tr[:3], "label"]  # same rows, other labels
+    prep2 = PreparedDataset(prep.name, flipped, prep.subsets, prep.manifest_path, prep.subsets_path)
+    experiments.run_finetune_experiment(prep2, images, one, "resnet18", **kw)
+    assert len(calls) == 2
+    other = images.copy()
+    other[:, 0, 0] ^= 1  # same shape, same rows, other pixels
+    experiments.run_finetune_experiment(prep2, other, one, "resnet18", **kw)
+    assert len(calls) == 3
+    from mocoxr import keys
+    monkeypatch.setattr(keys, "code_digest", lambda modules=None: "edited")
+    experiments.run_finetune_experiment(prep2, other, one, "resnet18", **kw)
+    assert len(calls) == 4
+
+
+def test_feature_cache_key_holds_the_images(setup):
+    tmp, prep, images, backbones = setup
+    kw = dict(mean=MEAN, std=STD, image_size=32, out_dir=tmp / "feat_keys")
+    a = experiments.dataset_features(prep, images, "resnet18", "moco", backbones["moco"], **kw)
+    other = images.copy()
+    other[:, 8:24, 8:24] = 255 - other[:, 8:24, 8:24]  # same shape and count, other content
+    b = experiments.dataset_features(prep, other, "resnet18", "moco", backbones["moco"], **kw)
+    assert not np.allclose(a, b)  # recomputed, not served from the cache of the first images
