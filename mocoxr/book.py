@@ -499,8 +499,22 @@ def run_keys(prof: Profile, rd: RunPaths) -> dict[str, str]:
             view = keys.data_step_view(dep.parameters, run.parameters, RUNNER_PARAMETERS)
             ups.append(out[d] if view is None else
                        run_key(dep, as_key(view), [out[x] for x in dep.deps], code))
-        out[run.run_id] = run_key(run, as_key(run.parameters), ups, code)
+        params = as_key(run.parameters)
+        if run.notebook == STABILITY_NOTEBOOK:  # its input: the pooled tables it will read
+            params["pooled_tables"] = _pooled_digest(rd.root, run.parameters)
+        out[run.run_id] = run_key(run, params, ups, code)
     return out
+
+
+def _pooled_digest(run_dir: Path, parameters: dict[str, Any]) -> str:
+    """Content hash of the pooled seeds tables the stability page would read ('' if none)."""
+    from mocoxr import seeds
+
+    try:
+        folder, _ = seeds.find_pooled(run_dir, project_root() / parameters.get("recorded", ""))
+    except FileNotFoundError:
+        return ""
+    return keys.sha({p.name: keys.file_sha1(p) for p in sorted(folder.glob("*")) if p.is_file()})
 
 
 def notebook_errors(path: Path) -> list[str]:

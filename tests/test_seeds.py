@@ -155,3 +155,15 @@ def test_pooled_table_rows_and_auc_range():
                              auc=0.8, auc_min=0.75, auc_max=0.86)])
     assert seeds.auc_range(res, "x", "b", "moco", 1.0) == "0.800 (seeds 0.750 to 0.860)"
     assert seeds.auc_range(res, "x", "b", "random", 1.0) == "not run"
+
+
+def test_the_stability_page_reruns_when_its_pooled_tables_change(tmp_path):
+    prof = book.load_profile("quick")
+    rd = book.run_paths(tmp_path)
+    before = book.run_keys(prof, rd)
+    _write_deltas(tmp_path / "seeds", 0.0)  # a seeds batch of this folder: read instead
+    for name in ("per_seed.csv", "results.csv"):
+        (tmp_path / "seeds" / name).write_text((tmp_path / "seeds" / "deltas.csv").read_text())
+    after = book.run_keys(prof, rd)
+    assert after["08_stability"] != before["08_stability"]
+    assert all(after[r] == before[r] for r in before if r != "08_stability")
