@@ -110,6 +110,14 @@ plt.show()
 # nearest neighbours (k-NN) and by a logistic regression fitted on the sample (linear). It is a
 # cheap, label-using check that the label-free training is learning something about effusion;
 # its labels never reach the encoder.
+#
+# One detail matters on a single device. BatchNorm normalises a batch with its own statistics,
+# and the key batch holds the same images as the query batch: the encoder could find its
+# positive key by those shared statistics instead of by what the image shows. MoCo's
+# *shuffle-BN* prevents this across GPUs; here `bn_splits` simulates it on one device: every
+# BatchNorm normalises groups of the batch separately, and the keys are shuffled across the
+# groups (see the [methods](../methods.md)). Evaluation uses ordinary BatchNorm, and the exported
+# weights are a plain torchvision model.
 
 # %%
 out = book.pretrain_dir(run_dir, cfg, ds)
