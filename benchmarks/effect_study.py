@@ -175,6 +175,24 @@ def _ci(d: pd.Series) -> str:
     return f"{d['delta']:+.3f} ({d['ci_low']:+.3f}, {d['ci_high']:+.3f})"
 
 
+def portable_command(command: str) -> str:
+    """The command without ``--workdir``/``--record`` (where files go, not what is computed),
+    so that a recorded row names no folder of the machine that ran it."""
+    words = shlex.split(command)
+    keep, skip = [], False
+    for w in words:
+        if skip:
+            skip = False
+            continue
+        if w in ("--workdir", "--record"):
+            skip = True
+            continue
+        if w.startswith(("--workdir=", "--record=")):
+            continue
+        keep.append(w)
+    return shlex.join(keep)
+
+
 def record_row(path: Path, a: argparse.Namespace, summary: dict, log: pd.DataFrame,
                fractions: list[float], deltas: pd.DataFrame, ft: pd.DataFrame | None,
                ft_deltas: pd.DataFrame | None) -> None:
@@ -193,7 +211,7 @@ def record_row(path: Path, a: argparse.Namespace, summary: dict, log: pd.DataFra
             d = ft_deltas[np.isclose(ft_deltas["label_fraction"], f)].iloc[0]
             row[f"fine-tune {100 * f:g}%"] = (f"MoCo {at['moco']:.3f}, random {at['random']:.3f}: "
                                                f"{_ci(d)}")
-    row["command"] = summary["command"]
+    row["command"] = portable_command(summary["command"])
     previous = pd.read_csv(path, dtype=str) if path.exists() else pd.DataFrame()
     if len(previous):
         previous = previous[previous["tag"] != a.tag]

@@ -156,8 +156,11 @@ def read_pooled(folder: str | Path) -> dict[str, Any]:
 
 def pooled_table(deltas: pd.DataFrame, titles: dict[str, str] | None = None) -> pd.DataFrame:
     """The pooled deltas for reading: experiment, labels, difference [95% CI], seed_sd,
-    n_seeds and the CI's verdict."""
+    n_seeds and the CI's verdict; experiments in the order of ``titles``, then by fraction."""
     titles = titles or {}
+    rank = {e: i for i, e in enumerate(titles)}
+    deltas = deltas.assign(_rank=deltas["experiment"].map(lambda e: rank.get(e, len(rank))))
+    deltas = deltas.sort_values(["_rank", "experiment", "label_fraction"])
     fmt = lambda v: f"{v:+.3f}"  # noqa: E731
     return pd.DataFrame({
         "experiment": deltas["experiment"].map(lambda e: titles.get(e, e)),

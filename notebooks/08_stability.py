@@ -49,9 +49,9 @@ source = pooled["source"]
 book.glue("n_seeds", n_seeds)
 book.glue("seed_list", ", ".join(str(s) for s in sorted(per_seed["seed"].unique())))
 book.glue("pooled_source", "this run folder's seeds batch" if kind == "this run" else
-          f"the recorded batch `{source.get('command', '?')}` (finished "
-          f"{source.get('finished', '?')}, code {source.get('git_commit') or '?'})")
-print(f"{n_seeds} seeds from {kind}: {source.get('command', '')}")
+          "the recorded batch shipped with the book (the command above, finished "
+          f"{source.get('finished', '?')}, code version {source.get('git_commit') or '?'})")
+print(f"{n_seeds} seeds ({kind})")
 
 # %% [markdown]
 # These numbers come from {glue:text}`pooled_source`: {glue:text}`n_seeds` seeds

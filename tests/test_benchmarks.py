@@ -103,3 +103,21 @@ def test_bench_counts_the_matrix_flops_of_a_moco_step():
 
 def test_gpu_check_script_parses():
     subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_check.sh")], check=True)
+
+
+def test_recorded_ablations_name_their_commands_and_no_machine_paths():
+    import sys
+
+    import pandas as pd
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from effect_study import portable_command
+
+    assert portable_command("python x.py --tag a --workdir /tmp/w --record=/r.csv --seed 1") == \
+        "python x.py --tag a --seed 1"
+    table = pd.read_csv(ROOT / "book" / "recorded" / "ablations.csv", dtype=str)
+    assert table["tag"].is_unique and len(table) >= 2
+    for cmd in table["command"]:
+        assert cmd.startswith("python benchmarks/effect_study.py --tag ")
+        assert not any(w.startswith(("/", "~")) for w in cmd.split()), cmd
+    assert {"linear 0.1%", "linear 1%", "linear 10%", "linear 100%", "fine-tune 100%"} <= set(table)

@@ -150,6 +150,10 @@ def test_pooled_table_rows_and_auc_range():
                                    "difference": "+0.050 [+0.010, +0.090]", "seed_sd": "0.020",
                                    "n_seeds": 3, "verdict": "above zero"}
     assert seeds.pooled_row(pooled, "linear", 0.01)["delta"] == 0.05
+    two = pd.concat([pooled.assign(experiment="finetune"), pooled.assign(label_fraction=0.001),
+                     pooled])
+    order = seeds.pooled_table(two, {"linear": "L", "finetune": "F"})
+    assert list(zip(order["experiment"], order["labels"])) == [("L", "0.1%"), ("L", "1%"), ("F", "1%")]
     assert seeds.pooled_row(pooled, "linear", 1.0) is None
     res = pd.DataFrame([dict(experiment="x", backbone="b", init="moco", label_fraction=1.0,
                              auc=0.8, auc_min=0.75, auc_max=0.86)])
