@@ -48,9 +48,10 @@ n_seeds = int(per_seed["seed"].nunique())
 source = pooled["source"]
 book.glue("n_seeds", n_seeds)
 book.glue("seed_list", ", ".join(str(s) for s in sorted(per_seed["seed"].unique())))
+finished, commit = source.get("finished", "?"), source.get("git_commit") or "?"
 book.glue("pooled_source", "this run folder's seeds batch" if kind == "this run" else
-          "the recorded batch shipped with the book (the command above, finished "
-          f"{source.get('finished', '?')}, code version {source.get('git_commit') or '?'})")
+          "the recorded batch shipped with the book (the command above, "
+          f"finished {finished}, code version {commit})")
 print(f"{n_seeds} seeds ({kind})")
 
 # %% [markdown]
@@ -83,8 +84,9 @@ small = lin[lin["label_fraction"] < 1.0]
 book.glue("n_lin_small_above", int((small["ci_low"] > 0).sum()))
 book.glue("n_lin_small", int(len(small)))
 book.glue("lin_small_fracs", ", ".join(plots.pct(f) for f in small["label_fraction"]))
-for tag, exp, f in (("lin_min", "linear", float(lin["label_fraction"].min())),
-                    ("ft_full", "finetune", 1.0), ("szl_min", "shenzhen_linear", 0.0625)):
+shown = [("lin_min", "linear", float(lin["label_fraction"].min())),
+         ("ft_full", "finetune", 1.0), ("szl_min", "shenzhen_linear", 0.0625)]
+for tag, exp, f in shown:
     r = seeds.pooled_row(deltas, exp, f)
     book.glue(f"{tag}_frac", plots.pct(f))
     book.glue(tag, "not run" if r is None else
