@@ -31,7 +31,8 @@ import pandas as pd
 import torch
 
 POSITIVE_PAIRS = ("image", "same_study", "same_patient")
-TABLE_COLUMNS = ["row", "source", "key_row", "patient", "study", "view", "key_view"]
+TABLE_COLUMNS = ["row", "source", "key_row", "patient", "study", "view", "key_study",
+                 "key_view"]
 LATERAL_SUFFIX = "+laterals"
 
 
@@ -98,14 +99,16 @@ def candidate_table(manifest: pd.DataFrame, rows: np.ndarray, positive_pairs: st
             lat = lat[lat["patient"].isin(set(q["patient"]))]
             pool = pd.concat([pool, lat], ignore_index=True)
     group = ["patient"] if positive_pairs == "same_patient" else ["patient", "study"]
-    pool = pool.rename(columns={"view": "key_view"})[group + ["source", "key_row", "key_view"]]
+    pool = pool.assign(key_study=pool["study"], key_view=pool["view"])
+    pool = pool[group + ["source", "key_row", "key_study", "key_view"]]
     pairs = q.merge(pool, on=group, how="inner")
     keep = ~((pairs["source"] == "manifest") & (pairs["key_row"] == pairs["row"]))
     if not pair_laterals:
         keep &= pairs["key_view"] == pairs["view"]
     pairs = pairs[keep]
     alone = q[~q["row"].isin(pairs["row"])]
-    self_pairs = alone.assign(source="manifest", key_row=alone["row"], key_view=alone["view"])
+    self_pairs = alone.assign(source="manifest", key_row=alone["row"], key_study=alone["study"],
+                              key_view=alone["view"])
     table = pd.concat([pairs, self_pairs], ignore_index=True)[TABLE_COLUMNS]
     table["key_row"] = table["key_row"].astype(np.int64)
     return table.sort_values(["row", "source", "key_row"], kind="stable").reset_index(drop=True)
@@ -347,3 +350,39 @@ def read_recorded(csv_path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     if "command" not in meta:
         raise ValueError(f"{sidecar}: no 'command' entry naming what wrote {csv_path.name}")
     return table, meta
+
+
+def verdict(table: pd.DataFrame, pairing: str) -> str:
+    """One sentence on a pairing's paired differences to the baseline over label fractions."""
+    d = table[(table["pairing"] == pairing) & table["delta"].notna()]
+    if d.empty:
+        raise ValueError(f"no differences for pairing {pairing!r} in the comparison table")
+    up, down = int((d["delta_low"] > 0).sum()), int((d["delta_high"] < 0).sum())
+    n = len(d)
+    if up == down == 0:
+        where = "both" if n == 2 else f"all {n}" if n > 2 else "the one"
+        return (f"its paired 95% CI includes zero at {where} label fraction{'s' * (n > 1)}: no "
+                "difference from image-level pairs was measurable")
+    parts = [f"above zero at {up} of {n}" if up else "", f"below zero at {down} of {n}" if down else ""]
+    return f"its paired 95% CI lies {' and '.join(p for p in parts if p)} label fractions"
+
+
+def code_version(root: str | Path | None = None) -> dict[str, str]:
+    """The git commit of the project (with ``-dirty`` when files differ from it) and the
+    runner's hash of the package code, for the sidecar of a recorded table."""
+    import subprocess
+
+    from mocoxr import book
+
+    root = Path(root or book.project_root())
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", "-C", str(root), *args], capture_output=True,
+                                  text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = git("rev-parse", "HEAD") or "unknown (not a git checkout)"
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    return {"git_commit": commit + ("-dirty" if dirty else ""), "code_hash": book.code_hash()}

@@ -162,7 +162,7 @@ def test_packaged_profiles_match_the_notebooks(name: str, tmp_path: Path):
     overrides = {"data_dir": str(tmp_path), "shenzhen_dir": str(tmp_path)} if name == "paper" else None
     prof = book.load_profile(name, ROOT / "notebooks", overrides)
     notebooks = [r.notebook for r in prof.runs]
-    assert notebooks[0] == "01_data" and notebooks[-1] == "06_results"
+    assert notebooks[0] == "01_data" and notebooks[-1] == "07_positive_pairs"
     assert sorted(set(notebooks)) == sorted(p.stem for p in (ROOT / "notebooks").glob("*.py"))
     results = [r for r in prof.runs if r.notebook == "06_results"]
     assert len(results) == 1 and set(results[0].deps) >= {

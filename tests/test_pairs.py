@@ -48,6 +48,9 @@ def test_same_patient_and_same_study_candidates_follow_the_rules():
         assert np.isin(keys, rows).all()                      # never a val row (p3) as key
         assert (m["patient"].to_numpy()[keys] == t["patient"].to_numpy()[t["source"] == "manifest"]).all()
     assert (stu["study"].to_numpy() == m["study"].to_numpy()[stu["key_row"]]).all()
+    assert (stu["key_study"] == stu["study"]).all()
+    assert (pat["key_study"].to_numpy() == m["study"].to_numpy()[pat["key_row"]]).all()
+    assert (lat.loc[lat["key_row"] == 6, "key_view"] == "lateral").all()
     assert candidates(pat, 7) == {("manifest", 7)}          # one-image patient falls back
 
 
@@ -216,8 +219,9 @@ def test_sampler_for_a_phantom_dataset_adds_training_laterals_only(tmp_path):
     assert (t["source"] == "lateral").any()
     keys = t[t["source"] == "manifest"]["key_row"]
     assert (m["split"].to_numpy()[keys] == "train").all()
-    assert (t["study"].to_numpy()[t["source"] == "lateral"]
-            == lat["study"].to_numpy()[t.loc[t["source"] == "lateral", "key_row"]]).all()
+    on_lat = t[t["source"] == "lateral"]
+    assert (on_lat["key_study"] == on_lat["study"]).all() and (on_lat["key_view"] == "lateral").all()
+    assert (on_lat["key_study"].to_numpy() == lat["study"].to_numpy()[on_lat["key_row"]]).all()
     summary = pairs.table_summary(t)
     assert summary["n_rows"] == len(train_rows) and 0 < summary["share_paired"] <= 1
 
@@ -274,7 +278,7 @@ def test_pairs_profile_reuses_the_quick_settings():
     assert own["record"]["csv"] == "book/recorded/positive_pairs.csv"
     assert "--profile pairs" in own["record"]["command"]
     quick_07 = book.load_profile("quick").run("07_positive_pairs")
-    assert quick_07.parameters["recorded"] == own["record"]["csv"] and quick_07.deps == []
+    assert quick_07.parameters["recorded"] == own["record"]["csv"] and quick_07.deps == ["01_data"]
 
 
 def test_recorded_comparison_is_committed_with_its_command():
