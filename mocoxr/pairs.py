@@ -199,10 +199,12 @@ def attach(sampler: PairSampler | None, cfg: Any, rows: np.ndarray, images: np.n
     if not np.array_equal(sampler.queries, np.unique(rows)):
         raise ValueError("the pairs sampler's candidate table does not cover exactly the "
                          "training rows")
-    from mocoxr import train  # atomic write helper (train imports this module lazily)
+    from mocoxr import train  # its atomic write (this module is imported by train)
 
-    train._atomic_write(Path(out_dir) / "pairs.csv",
-                        lambda fh: sampler.table.to_csv(fh, index=False), mode="w")
+    saved = Path(out_dir) / "pairs.csv"
+    if not (Path(out_dir) / "checkpoint.pt").exists() or not saved.exists():
+        # a checkpoint's own table is kept: pretrain refuses to resume it with another one
+        train._atomic_write(saved, lambda fh: sampler.table.to_csv(fh, index=False), mode="w")
     return sampler, sampler.sha1
 
 

@@ -178,7 +178,9 @@ if recorded is None:
         cfg = train.PretrainConfig(backbone=backbone, image_size=image_size, seed=seed,
                                    device=device, **{**pretrain, "positive_pairs": mode,
                                                      "pair_laterals": lat})
-        ckpt_dir = book.pretrain_dir(run_dir, cfg, ds)
+        ckpt_dir = book.pretrain_dir(run_dir, cfg, ds)  # image pairs: 02_pretrain's folder
+        if samplers[name] is not None:  # the pair table is part of the folder's key too
+            ckpt_dir = ckpt_dir.with_name(f"{ckpt_dir.name}_pairs{samplers[name].sha1[:8]}")
         result = train.pretrain(ds.images, ds.prepared.rows("train"), cfg, ckpt_dir, ds.mean,
                                 ds.std, pairs=samplers[name])
         backbones[name] = str(result["backbone"])

@@ -195,6 +195,7 @@ def test_pretrain_checks_the_sampler_against_config_and_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="other positive pairs"):
         train.pretrain(images, rows, cfg(positive_pairs="same_study"), tmp_path, MEAN, STD,
                        progress=False, pairs=other)
+    assert pairs.table_sha1(pd.read_csv(tmp_path / "pairs.csv")) == stu.sha1  # the run's own
 
 
 # ----------------------------------------------------------------------------- on the phantoms
