@@ -134,7 +134,10 @@ class PairSampler:
 
     def __post_init__(self) -> None:
         check_mode(self.positive_pairs, self.pair_laterals)
-        t = self.table
+        missing = [c for c in TABLE_COLUMNS if c not in self.table.columns]
+        if missing:
+            raise ValueError(f"candidate table lacks columns {missing} (see candidate_table)")
+        self.table = t = self.table.sort_values("row", kind="stable").reset_index(drop=True)
         lateral = (t["source"] == "lateral").to_numpy()
         if lateral.any() and (self.lateral_images is None
                               or t.loc[lateral, "key_row"].max() >= len(self.lateral_images)):

@@ -289,3 +289,21 @@ def test_recorded_comparison_is_committed_with_its_command():
     assert table["auc"].between(0, 1).all()
     other = table[table["pairing"] != "image"]
     assert other["delta"].notna().all() and (other["delta_low"] <= other["delta_high"]).all()
+
+
+def test_command_line_pretraining_takes_positive_pairs_from_the_manifest(tmp_path):
+    from mocoxr import distributed
+
+    images, m, rows = pretrain_setup()
+    np.save(tmp_path / "images.npy", images)
+    m.assign(split="train").to_csv(tmp_path / "m.csv", index=False)
+    args = ["--images", str(tmp_path / "images.npy"), "--out", str(tmp_path / "out"),
+            "--no-progress", "--set", "positive_pairs=same_patient", "--set", "max_steps=1",
+            "--set", "batch_size=8", "--set", "queue_size=32", "--set", "image_size=32",
+            "--set", "init=random", "--set", "device=cpu"]
+    with pytest.raises(ValueError, match="needs --manifest"):
+        distributed.main(args)
+    res = distributed.main(args + ["--manifest", str(tmp_path / "m.csv"), "--split", "train"])
+    assert res["step"] == 1
+    saved = pd.read_csv(tmp_path / "out" / "pairs.csv")
+    assert (saved["patient"].to_numpy() == m["patient"].to_numpy()[saved["key_row"]]).all()
