@@ -135,17 +135,19 @@ show = pairings[1]  # MedAug's best rule first in the packaged profiles
 s = samplers[show]
 t = s.table
 other = np.sort(t.loc[t["source"].eq("lateral") | t["key_row"].ne(t["row"]), "row"].unique())
-pick = np.random.default_rng(seed).choice(other, size=min(4, len(other)), replace=False)
-keys = s.keys(np.sort(pick), seed, step=0)
+pick = np.sort(np.random.default_rng(seed).choice(other, size=min(4, len(other)), replace=False))
 shown, titles = [], []
-for q, k in zip(np.sort(pick), keys):
+for q, k in zip(pick, s.keys(pick, seed, step=0)):
     lat = k >= len(ds.images)
     c = t[(t["row"] == q) & (t["source"] == ("lateral" if lat else "manifest"))
           & (t["key_row"] == (k - len(ds.images) if lat else k))].iloc[0]
     shown += [ds.images[q], s.key_batch(np.array([q]), seed, 0)[0].numpy()]
     titles += [f"query {c['study']}", f"key {c['key_study'].split('/')[-1]} ({c['key_view']})"]
-fig = plots.image_grid(shown, titles, ncols=4, size=2.0)
-plt.show()
+if shown:
+    fig = plots.image_grid(shown, titles, ncols=4, size=2.0)
+    plt.show()
+else:
+    print(f"no training image has a key from another image under {show}")
 
 # %% tags=["hide-input"]
 book.glue("pair_example", show)
