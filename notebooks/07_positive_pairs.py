@@ -220,7 +220,6 @@ else:
               f"`{meta['command']}` at code version {meta['git_commit'][:12]} "
               f"({meta.get('finished_utc', '?')} UTC, seed {meta.get('seed', '?')}, "
               f"{meta.get('minutes', '?')} min); this build did not retrain them")
-book.glue("n_seeds", 1)
 
 # %% [markdown]
 # These numbers are {glue:text}`source_note`. One pretraining seed per rule: the CIs below
