@@ -307,3 +307,13 @@ def test_command_line_pretraining_takes_positive_pairs_from_the_manifest(tmp_pat
     assert res["step"] == 1
     saved = pd.read_csv(tmp_path / "out" / "pairs.csv")
     assert (saved["patient"].to_numpy() == m["patient"].to_numpy()[saved["key_row"]]).all()
+
+
+def test_chapter_pretrains_with_the_recipe_of_the_pretraining_chapter():
+    """07 builds its PretrainConfig like 02 (same default dict): image-level pairs then land in
+    02's finished folder, and a recipe change in 02 cannot silently leave 07 behind."""
+    nb = book.project_root() / "notebooks"
+    p02 = book.notebook_parameters(nb / "02_pretrain.py")["pretrain"]
+    p07 = book.notebook_parameters(nb / "07_positive_pairs.py")["pretrain"]
+    assert p07 == p02
+    assert not {"positive_pairs", "pair_laterals"} & set(p07)  # set per rule by the chapter
