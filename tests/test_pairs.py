@@ -284,7 +284,7 @@ def test_pairs_profile_reuses_the_quick_settings():
 
 def test_recorded_comparison_is_committed_with_its_command():
     table, meta = pairs.read_recorded(book.project_root() / "book/recorded/positive_pairs.csv")
-    assert "--profile pairs" in meta["command"] and meta["code_version"]
+    assert "--profile pairs" in meta["command"] and meta["git_commit"] and meta["code_hash"]
     assert set(table["pairing"]) >= {"image"} and len(set(table["pairing"])) == 3
     assert table["auc"].between(0, 1).all()
     other = table[table["pairing"] != "image"]
