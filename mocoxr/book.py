@@ -502,8 +502,17 @@ def run_keys(prof: Profile, rd: RunPaths) -> dict[str, str]:
         params = as_key(run.parameters)
         if run.notebook == STABILITY_NOTEBOOK:  # its input: the pooled tables it will read
             params["pooled_tables"] = _pooled_digest(rd.root, run.parameters)
+        if isinstance(run.parameters.get("recorded"), str):  # a recorded table a page shows
+            params["recorded_content"] = _recorded_digest(run.parameters["recorded"])
         out[run.run_id] = run_key(run, params, ups, code)
     return out
+
+
+def _recorded_digest(recorded: str) -> str:
+    """Content hash of a recorded table (project-relative path) and its .json sidecar."""
+    path = project_root() / recorded
+    files = [path, path.with_suffix(".json")]
+    return keys.sha({p.name: keys.file_sha1(p) for p in files if p.is_file()})
 
 
 def _pooled_digest(run_dir: Path, parameters: dict[str, Any]) -> str:
@@ -511,7 +520,7 @@ def _pooled_digest(run_dir: Path, parameters: dict[str, Any]) -> str:
     from mocoxr import seeds
 
     try:
-        folder, _ = seeds.find_pooled(run_dir, project_root() / parameters.get("recorded", ""))
+        folder, _ = seeds.find_pooled(run_dir, project_root() / parameters.get("recorded_seeds", ""))
     except FileNotFoundError:
         return ""
     return keys.sha({p.name: keys.file_sha1(p) for p in sorted(folder.glob("*")) if p.is_file()})

@@ -21,7 +21,9 @@ Configuration: ``--config cfg.json`` (an object of :class:`mocoxr.train.Pretrain
 and/or ``--set FIELD=VALUE`` (repeatable; VALUE read as JSON when it parses, e.g. ``max_steps=100``,
 ``lr_drops=[0.6,0.9]``, ``augment={"scale":[1,1]}``, else as a string). The process group uses
 NCCL on CUDA and gloo on CPU (``--backend`` to override). ``out/pretrain_cli.json`` records the
-inputs (images, rows, mean, std, world size) of the last launch.
+inputs (images, rows, mean, std, world size) of the last launch. MedAug positive pairs
+(``--set positive_pairs=same_study``, ``mocoxr.pairs``) need ``--manifest``: keys come from the
+manifest's own rows (with ``pair_laterals``, its lateral rows, if it keeps any).
 """
 
 from __future__ import annotations
@@ -37,10 +39,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.distributed as dist
 
-from mocoxr import cache, train
+from mocoxr import cache, pairs, train
 
 __all__ = ["parse_sets", "make_config", "load_rows", "env_world", "main"]
 
@@ -178,9 +181,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
             else:
                 print(f"starting {out} on {world} process(es), device {device}, global batch "
                       f"{cfg.batch_size}", flush=True)
+        sampler = None  # MedAug pairs: from the manifest's patients/studies (its own views)
+        if cfg.positive_pairs != "image":
+            if args.manifest is None:
+                raise ValueError(f"positive_pairs={cfg.positive_pairs!r} needs --manifest "
+                                 "(patient and study of every cache row)")
+            table = pairs.candidate_table(pd.read_csv(args.manifest), rows, cfg.positive_pairs,
+                                          cfg.pair_laterals)
+            sampler = pairs.PairSampler(cfg.positive_pairs, cfg.pair_laterals, table, images)
         t0 = time.perf_counter()
         res = train.pretrain(images, rows, cfg, out, mean, std,
-                             progress=not args.no_progress and rank == 0)
+                             progress=not args.no_progress and rank == 0, pairs=sampler)
         if rank == 0:
             info = {"images": str(images_path.resolve()), "n_rows": int(len(rows)),
                     "mean": mean, "std": std, "world_size": world, "device": str(device),

@@ -55,6 +55,7 @@ from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from mocoxr import augment, models, moco, store
+from mocoxr import pairs as pairing
 
 CHECKPOINT_FORMAT = "mocoxr-pretrain-v1"
 
@@ -97,6 +98,10 @@ class PretrainConfig:
     device: str = "auto"              # ours: "auto" = cuda when available, else cpu
     augment: dict = field(default_factory=dict)  # overrides of augment.AugmentConfig fields
                                       # (out_size is always image_size); JSON-able values only
+    positive_pairs: str = "image"     # paper: "image" (both views from one image); MedAug (Vu
+                                      # et al. 2021): "same_study"/"same_patient", the key from
+                                      # another image of the study/patient (mocoxr.pairs)
+    pair_laterals: bool = False       # MedAug: lateral views may be the key of a frontal query
     monitor_every: int = 0            # ours: run the monitor every N steps (it always runs
                                       # before training and at the end; 0 = only then)
     checkpoint_every_steps: int | None = None  # ours: extra checkpoints inside an epoch
@@ -384,14 +389,17 @@ def _write_card(backbone_path: Path, cfg: PretrainConfig, mean: float, std: floa
 
 def pretrain(images: np.ndarray, rows: np.ndarray, cfg: PretrainConfig, out_dir: str | Path,
              mean: float, std: float, monitor: Callable[[nn.Module], dict] | None = None,
-             progress: bool = True, data: Mapping[str, Any] | None = None) -> dict:
+             progress: bool = True, data: Mapping[str, Any] | None = None,
+             pairs: pairing.PairSampler | None = None) -> dict:
     """MoCo v2 pretraining on rows of a uint8 image cache; resumes and caches in ``out_dir``.
 
     ``images``: (N, H, W) uint8 (memmap fine); ``rows``: the positional rows to train on;
     ``mean``/``std``: the dataset's normalisation in [0, 1] units; ``monitor``: optional
     ``callable(encoder) -> dict of floats`` run at step 0, every ``cfg.monitor_every`` steps
-    and at the end, its values logged as extra columns. Returns ``{"checkpoint", "backbone",
-    "loss_log"}`` paths plus ``"log"`` (DataFrame), ``"step"`` and ``"cached"``.
+    and at the end, its values logged as extra columns; ``pairs``: the key sampler that a
+    ``cfg.positive_pairs`` other than ``"image"`` needs (``mocoxr.pairs``; its candidate table
+    is saved as ``pairs.csv``, its hash in the checkpoint). Returns ``{"checkpoint",
+    "backbone", "loss_log"}`` paths plus ``"log"`` (DataFrame), ``"step"`` and ``"cached"``.
 
     Resume: a ``checkpoint.pt`` in ``out_dir`` is continued when its config matches (fields in
     ``RESUMABLE_FIELDS`` may differ) and it was trained on the same rows; a finished one
@@ -426,6 +434,7 @@ def pretrain(images: np.ndarray, rows: np.ndarray, cfg: PretrainConfig, out_dir:
         raise ValueError("seed must be >= 0, epochs >= 1 and max_steps None or >= 1, got "
                          f"seed={cfg.seed}, epochs={cfg.epochs}, max_steps={cfg.max_steps}")
     out_dir.mkdir(parents=True, exist_ok=True)
+    sampler, pairs_sha1 = pairing.attach(pairs, cfg, rows, images, out_dir)
     ckpt_path, backbone_path = out_dir / "checkpoint.pt", out_dir / "backbone.pt"
     log_path = out_dir / "loss_log.csv"
     spe, total = steps_per_epoch(len(rows), cfg.batch_size), total_steps(cfg, len(rows))
@@ -441,6 +450,9 @@ def pretrain(images: np.ndarray, rows: np.ndarray, cfg: PretrainConfig, out_dir:
         if ckpt.get("rows_sha1") != hashlib.sha1(rows.tobytes()).hexdigest():
             raise ValueError(f"checkpoint {ckpt_path} was trained on other rows ({ckpt.get('n_rows')} "
                              f"rows, now {len(rows)}); use another out_dir")
+        if ckpt.get("pairs_sha1") != pairs_sha1:
+            raise ValueError(f"checkpoint {ckpt_path} was trained with other positive pairs "
+                             f"(see {out_dir / 'pairs.csv'}); use another out_dir")
         if ckpt["step"] > total:
             raise ValueError(f"checkpoint {ckpt_path} is at step {ckpt['step']}, past the "
                              f"{total} steps requested; use another out_dir")
@@ -493,7 +505,7 @@ def pretrain(images: np.ndarray, rows: np.ndarray, cfg: PretrainConfig, out_dir:
             "step_in_epoch": step - epoch * spe, "done": step >= total,
             "config": config_dict(cfg), "rng": rng, "n_rows": len(rows),
             "rows_sha1": hashlib.sha1(rows.tobytes()).hexdigest(), "time": time.time(),
-            "world_size": world})
+            "world_size": world, "pairs_sha1": pairs_sha1})
 
     def run_monitor(step: int, loss: float) -> None:
         metrics = monitor(model.encoder_q)
@@ -549,9 +561,11 @@ def pretrain(images: np.ndarray, rows: np.ndarray, cfg: PretrainConfig, out_dir:
             gen = torch.Generator()
             gen.manual_seed(derive_seed(cfg.seed, step, 2) if world == 1
                             else derive_seed(cfg.seed, step, 2, rank))
+            xk = x if sampler is None else (  # MedAug: the key image from another of the patient
+                sampler.key_batch(batch_rows(step), cfg.seed, step).to(device))
             with torch.no_grad(), record_function("mocoxr.augment"):
                 im_q = augment.to_model_input(augment.augment_batch(x, aug_cfg, gen), mean, std)
-                im_k = augment.to_model_input(augment.augment_batch(x, aug_cfg, gen), mean, std)
+                im_k = augment.to_model_input(augment.augment_batch(xk, aug_cfg, gen), mean, std)
                 if channels_last:
                     im_q = im_q.contiguous(memory_format=torch.channels_last)
                     im_k = im_k.contiguous(memory_format=torch.channels_last)

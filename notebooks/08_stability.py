@@ -32,7 +32,7 @@
 run_dir = "../runs/interactive"  # run folder shared by all notebooks (the runner sets it)
 backbone = "resnet18"
 baseline = "random"  # the init MoCo was compared with
-recorded = "book/recorded/seeds-quick"  # pooled tables shipped with the book (project-relative)
+recorded_seeds = "book/recorded/seeds-quick"  # pooled tables shipped with the book
 
 # %%
 import matplotlib.pyplot as plt
@@ -40,7 +40,7 @@ from IPython.display import HTML, display
 
 from mocoxr import book, plots, seeds
 
-folder, kind = seeds.find_pooled(run_dir, book.project_root() / recorded)
+folder, kind = seeds.find_pooled(run_dir, book.project_root() / recorded_seeds)
 pooled = seeds.read_pooled(folder)
 deltas, per_seed, results = pooled["deltas"], pooled["per_seed"], pooled["results"]
 deltas = deltas[deltas["backbone"] == backbone]

@@ -206,3 +206,37 @@ def test_stability_page_reads_the_pooled_seeds(tiny):
     assert g["n_seeds"] == per_seed["seed"].nunique() >= 2
     assert g["pooled_source"].startswith("the recorded batch")  # no seeds batch in the tiny run
     assert 0 <= g["n_lin_small_above"] <= g["n_lin_small"]
+
+
+def test_positive_pairs_notebook_pretrains_each_rule_and_glues_the_comparison(tiny):
+    import torch
+
+    from mocoxr import pairs
+
+    run_dir, _, index, _ = tiny
+    g = glued(run_dir, "07_positive_pairs")
+    table = pd.read_csv(run_dir / "positive_pairs" / "comparison.csv")
+    assert list(dict.fromkeys(table["pairing"])) == ["image", "same_study+laterals", "same_patient"]
+    assert (g["p1_name"], g["p2_name"]) == ("same_study+laterals", "same_patient")
+    assert g["frac_small"] == "10%" and g["frac_large"] == "100%"
+    assert "computed by this run" in g["source_note"]
+    for i, name in ((1, "same_study+laterals"), (2, "same_patient")):
+        row = table[(table["pairing"] == name) & np.isclose(table["label_fraction"], 0.1)].iloc[0]
+        assert g[f"p{i}_delta_small"] == pytest.approx(row["delta"])
+        assert g[f"p{i}_delta_small_lo"] == pytest.approx(row["delta_low"])
+        assert g[f"p{i}_delta_small_lo"] <= g[f"p{i}_delta_small"] + 1e-9 <= g[f"p{i}_delta_small_hi"] + 2e-9
+        assert g[f"p{i}_verdict"] == pairs.verdict(table, name)
+        assert 0 < g[f"p{i}_share"] <= 100
+    assert g["n_lateral_keys"] > 0
+    image = table[(table["pairing"] == "image") & np.isclose(table["label_fraction"], 1.0)]
+    assert g["auc_image_large"] == pytest.approx(image["auc"].iloc[0])
+    # each patient-aware rule was really pretrained (tiny: 3 steps) with its saved pair table
+    folders = [p for p in (run_dir / "checkpoints").glob("moco_resnet18_*") if (p / "pairs.csv").is_file()]
+    modes = set()
+    for p in folders:
+        ckpt = torch.load(p / "checkpoint.pt", weights_only=True)
+        assert ckpt["step"] == 3 and ckpt["pairs_sha1"] == pairs.table_sha1(pd.read_csv(p / "pairs.csv"))
+        modes.add((ckpt["config"]["positive_pairs"], ckpt["config"]["pair_laterals"]))
+    assert modes == {("same_study", True), ("same_patient", False)}
+    page = index.parent / "book" / "executed" / "07_positive_pairs.html"
+    assert "<img" in page.read_text() and "patient-aware positive pairs" in page.read_text()

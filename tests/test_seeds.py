@@ -171,3 +171,13 @@ def test_the_stability_page_reruns_when_its_pooled_tables_change(tmp_path):
     after = book.run_keys(prof, rd)
     assert after["08_stability"] != before["08_stability"]
     assert all(after[r] == before[r] for r in before if r != "08_stability")
+
+
+def test_a_page_showing_a_recorded_table_reruns_when_the_table_changes(monkeypatch, tmp_path):
+    (tmp_path / "rec.csv").write_text("a\n1\n")
+    monkeypatch.setattr(book, "project_root", lambda *a: tmp_path)
+    first = book._recorded_digest("rec.csv")
+    (tmp_path / "rec.json").write_text("{}")
+    second = book._recorded_digest("rec.csv")
+    (tmp_path / "rec.csv").write_text("a\n2\n")
+    assert len({first, second, book._recorded_digest("rec.csv")}) == 3
