@@ -107,8 +107,10 @@ if recorded is not None:
     table, meta = pairs.read_recorded(book.project_root() / recorded)
     pairings = list(dict.fromkeys(table["pairing"]))
 if pairings[0] != "image" or len(pairings) < 3:
-    raise ValueError(f"pairings must start with 'image' (the baseline) and name at least two "
-                     f"patient-aware rules, got {pairings}")
+    raise ValueError(
+        f"pairings must start with 'image' (the baseline) and name at least two "
+        f"patient-aware rules, got {pairings}"
+    )
 specs = {name: pairs.parse_pairing(name) for name in pairings}
 print(specs)
 
@@ -126,25 +128,44 @@ print(specs)
 # draws the same pairs; the table is saved beside the checkpoint (`pairs.csv`).
 
 # %%
-samplers = {name: pairs.sampler_for_dataset(run_dir, ds, folder, mode, lat, chexpert)
-            for name, (mode, lat) in specs.items()}
-stats = pd.DataFrame({name: pairs.table_summary(s.table) for name, s in samplers.items()
-                      if s is not None}).T
+samplers = {
+    name: pairs.sampler_for_dataset(run_dir, ds, folder, mode, lat, chexpert)
+    for name, (mode, lat) in specs.items()
+}
+stats = pd.DataFrame(
+    {
+        name: pairs.table_summary(s.table)
+        for name, s in samplers.items()
+        if s is not None
+    }
+).T
 display(stats.style.format({"share_paired": "{:.1%}", "mean_candidates": "{:.2f}"}))
 
 # %%
 show = pairings[1]  # MedAug's best rule first in the packaged profiles
 s = samplers[show]
 t = s.table
-other = np.sort(t.loc[t["source"].eq("lateral") | t["key_row"].ne(t["row"]), "row"].unique())
-pick = np.sort(np.random.default_rng(seed).choice(other, size=min(4, len(other)), replace=False))
+other = np.sort(
+    t.loc[t["source"].eq("lateral") | t["key_row"].ne(t["row"]), "row"].unique()
+)
+pick = np.sort(
+    np.random.default_rng(seed).choice(
+        other, size=min(4, len(other)), replace=False
+    )
+)
 shown, titles = [], []
 for q, k in zip(pick, s.keys(pick, seed, step=0)):
     lat = k >= len(ds.images)
-    c = t[(t["row"] == q) & (t["source"] == ("lateral" if lat else "manifest"))
-          & (t["key_row"] == (k - len(ds.images) if lat else k))].iloc[0]
+    c = t[
+        (t["row"] == q)
+        & (t["source"] == ("lateral" if lat else "manifest"))
+        & (t["key_row"] == (k - len(ds.images) if lat else k))
+    ].iloc[0]
     shown += [ds.images[q], s.key_batch(np.array([q]), seed, 0)[0].numpy()]
-    titles += [f"query {c['study']}", f"key {c['key_study'].split('/')[-1]} ({c['key_view']})"]
+    titles += [
+        f"query {c['study']}",
+        f"key {c['key_study'].split('/')[-1]} ({c['key_view']})",
+    ]
 if shown:
     fig = plots.image_grid(shown, titles, ncols=4, size=2.0)
     plt.show()
@@ -179,49 +200,113 @@ if recorded is None:
     t0 = time.time()
     backbones = {}
     for name, (mode, lat) in specs.items():
-        cfg = train.PretrainConfig(backbone=backbone, image_size=image_size, seed=seed,
-                                   device=device, **{**pretrain, "positive_pairs": mode,
-                                                     "pair_laterals": lat})
-        ckpt_dir = book.pretrain_dir(run_dir, cfg, ds)  # image pairs: 02_pretrain's folder
-        if samplers[name] is not None:  # the pair table is part of the folder's key too
-            ckpt_dir = ckpt_dir.with_name(f"{ckpt_dir.name}_pairs{samplers[name].sha1[:8]}")
-        result = train.pretrain(ds.images, ds.prepared.rows("train"), cfg, ckpt_dir, ds.mean,
-                                ds.std, pairs=samplers[name])
+        cfg = train.PretrainConfig(
+            backbone=backbone,
+            image_size=image_size,
+            seed=seed,
+            device=device,
+            **{**pretrain, "positive_pairs": mode, "pair_laterals": lat},
+        )
+        ckpt_dir = book.pretrain_dir(
+            run_dir, cfg, ds
+        )  # image pairs: 02_pretrain's folder
+        if (
+            samplers[name] is not None
+        ):  # the pair table is part of the folder's key too
+            ckpt_dir = ckpt_dir.with_name(
+                f"{ckpt_dir.name}_pairs{samplers[name].sha1[:8]}"
+            )
+        result = train.pretrain(
+            ds.images,
+            ds.prepared.rows("train"),
+            cfg,
+            ckpt_dir,
+            ds.mean,
+            ds.std,
+            pairs=samplers[name],
+        )
         backbones[name] = str(result["backbone"])
-        print(f"{name}: {'loaded' if result['cached'] else 'trained'} {result['step']} steps")
+        how = "loaded" if result["cached"] else "trained"
+        print(f"{name}: {how} {result['step']} steps")
     res = experiments.run_linear_experiment(
-        ds.prepared, ds.images, backbones, backbone, mean=ds.mean, std=ds.std,
-        image_size=image_size, out_dir=out_dir, experiment="linear", n_boot=n_boot, seed=seed,
-        device=device, **linear)
+        ds.prepared,
+        ds.images,
+        backbones,
+        backbone,
+        mean=ds.mean,
+        std=ds.std,
+        image_size=image_size,
+        out_dir=out_dir,
+        experiment="linear",
+        n_boot=n_boot,
+        seed=seed,
+        device=device,
+        **linear,
+    )
     for name in pairings[1:]:
-        experiments.compute_deltas(out_dir, "linear", backbone, (name, "image"), n_boot=n_boot,
-                                   seed=seed)
-    table = pairs.comparison_table(pd.read_csv(out_dir / "results.csv"),
-                                   pd.read_csv(out_dir / "deltas.csv"), backbone)
+        experiments.compute_deltas(
+            out_dir, "linear", backbone, (name, "image"), n_boot=n_boot, seed=seed
+        )
+    table = pairs.comparison_table(
+        pd.read_csv(out_dir / "results.csv"),
+        pd.read_csv(out_dir / "deltas.csv"),
+        backbone,
+    )
     table = table[table["pairing"].isin(pairings)].reset_index(drop=True)
     table.to_csv(out_dir / "comparison.csv", index=False)
-    meta = {"command": record["command"] or "notebooks/07_positive_pairs (by hand)",
-            **pairs.code_version(), "finished_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
-            "minutes": round((time.time() - t0) / 60, 1), "seed": seed, "backbone": backbone,
-            "image_size": image_size, "pretrain": pretrain, "linear": linear, "n_boot": n_boot,
-            "data": "embedded phantoms" if data_dir is None else "data_dir", "phantom": phantom,
-            "pairings": {n: pairs.table_summary(s.table) for n, s in samplers.items() if s}}
+    meta = {
+        "command": record["command"] or "notebooks/07_positive_pairs (by hand)",
+        **pairs.code_version(),
+        "finished_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        "minutes": round((time.time() - t0) / 60, 1),
+        "seed": seed,
+        "backbone": backbone,
+        "image_size": image_size,
+        "pretrain": pretrain,
+        "linear": linear,
+        "n_boot": n_boot,
+        "data": "embedded phantoms" if data_dir is None else "data_dir",
+        "phantom": phantom,
+        "pairings": {
+            n: pairs.table_summary(s.table) for n, s in samplers.items() if s
+        },
+    }
     if record["csv"]:
-        print("recorded:", pairs.write_recorded(table, book.project_root() / record["csv"], meta))
-show_cols = ["pairing", "label_fraction", "n_draws", "auc", "ci_low", "ci_high", "delta",
-             "delta_low", "delta_high"]
-display(table[show_cols].style.format(
-    {c: "{:.3f}" for c in ("auc", "ci_low", "ci_high")}
-    | {c: "{:+.3f}" for c in ("delta", "delta_low", "delta_high")}).hide(axis="index"))
+        print(
+            "recorded:",
+            pairs.write_recorded(table, book.project_root() / record["csv"], meta),
+        )
+show_cols = [
+    "pairing",
+    "label_fraction",
+    "n_draws",
+    "auc",
+    "ci_low",
+    "ci_high",
+    "delta",
+    "delta_low",
+    "delta_high",
+]
+display(
+    table[show_cols]
+    .style.format(
+        {c: "{:.3f}" for c in ("auc", "ci_low", "ci_high")}
+        | {c: "{:+.3f}" for c in ("delta", "delta_low", "delta_high")}
+    )
+    .hide(axis="index")
+)
 
 # %% tags=["hide-input"]
 if recorded is None:
     book.glue("source_note", f"computed by this run (seed {seed})")
 else:
-    book.glue("source_note", f"read from the recorded run `{recorded}`, written by "
-              f"`{meta['command']}` at code version {meta['git_commit'][:12]} "
-              f"({meta.get('finished_utc', '?')} UTC, seed {meta.get('seed', '?')}, "
-              f"{meta.get('minutes', '?')} min); this build did not retrain them")
+    book.glue(
+        "source_note",
+        f"read from the recorded run `{recorded}`, written by "
+        f"`{meta['command']}` at code version {meta['git_commit'][:12]} "
+        f"({meta.get('finished_utc', '?')} UTC, seed {meta.get('seed', '?')}, "
+        f"{meta.get('minutes', '?')} min); this build did not retrain them",
+    )
 
 # %% [markdown]
 # These numbers are {glue:text}`source_note`. One pretraining seed per rule: the CIs below
@@ -235,13 +320,29 @@ else:
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.9))
-plots.auc_vs_fraction(pairs.as_results(table), "linear", backbone, ax=axes[0],
-                      title="Linear probe, by positive-pair rule")
-d = table[table["pairing"] != "image"].rename(columns={"delta_low": "ci_low", "delta_high": "ci_high",
-                                                         "ci_low": "auc_lo", "ci_high": "auc_hi"})
+plots.auc_vs_fraction(
+    pairs.as_results(table),
+    "linear",
+    backbone,
+    ax=axes[0],
+    title="Linear probe, by positive-pair rule",
+)
+d = table[table["pairing"] != "image"].rename(
+    columns={
+        "delta_low": "ci_low",
+        "delta_high": "ci_high",
+        "ci_low": "auc_lo",
+        "ci_high": "auc_hi",
+    }
+)
 d = d.assign(experiment=d["pairing"], comparison="minus image")
-plots.delta_plot(d, sorted(pairings), backbone, ax=axes[1],  # sorted: the colours of the left panel
-                 title="Rule minus image-level pairs")
+plots.delta_plot(
+    d,
+    sorted(pairings),
+    backbone,
+    ax=axes[1],  # sorted: the colours of the left panel
+    title="Rule minus image-level pairs",
+)
 fig.tight_layout()
 plt.show()
 
