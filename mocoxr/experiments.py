@@ -238,7 +238,7 @@ def run_finetune_experiment(prepared: Any, images: np.ndarray, backbones: Mappin
                 "val": keys.labels_digest(val_rows, y_val), "test": keys.labels_digest(test_rows, y_test),
                 "code": keys.code_digest(keys.TRAINING_CODE)}
     for init_name, spec in backbones.items():
-        spec_key = (train.file_sha1(spec) if str(spec) not in ("random", "imagenet")
+        spec_key = (keys.file_sha1(spec) if str(spec) not in ("random", "imagenet")
                     else f"{spec}:{backbone_name}:{seed}")
         for f, draws in sweep:
             scores, n_train = [], []

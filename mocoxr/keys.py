@@ -34,8 +34,9 @@ def sha(obj: Any) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def file_sha1(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha1()
+def file_sha1(path: str | Path, chunk: int = 1 << 22, algorithm: str = "sha1") -> str:
+    """Hex digest of a file's bytes (``algorithm``: any hashlib name; SHA-1 by default)."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
             h.update(block)

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from mocoxr import evaluate
+from mocoxr import evaluate, store
 
 __all__ = ["POOLED_COLUMNS", "seed_dir", "pooled_interval", "pool_deltas", "pool_results",
            "pool_seed_folders", "read_pooled", "find_pooled", "verdict", "pooled_table", "pooled_row",
@@ -133,9 +133,7 @@ def pool_seed_folders(base: str | Path, seeds: Sequence[int],
              "results": out / "results.csv", "source": out / "source.json"}
     for frame, path in ((per_seed, paths["per_seed"]), (pooled, paths["deltas"]),
                         (pool_results(pd.concat(results, ignore_index=True)), paths["results"])):
-        tmp = path.with_name(f".{path.name}.tmp")
-        frame.to_csv(tmp, index=False)
-        tmp.replace(path)
+        store.atomic_write(path, lambda fh, f=frame: f.to_csv(fh, index=False), mode="w")
     return paths
 
 
@@ -233,6 +231,6 @@ def run_seeds(run_one: Callable[[int, Path], bool], base: str | Path, seeds: Seq
     source = {"command": command, "seeds": seeds, "seconds_per_seed": times,
               "seconds": round(time.time() - t0, 1), "finished": time.strftime("%Y-%m-%d %H:%M"),
               "shared_test_set": shared_test_set, "git_commit": _git_commit()}
-    paths["source"].write_text(json.dumps(source, indent=1))
+    store.atomic_write_text(paths["source"], json.dumps(source, indent=1))
     echo(f"pooled {len(seeds)} seeds -> {paths['deltas']}")
     return paths

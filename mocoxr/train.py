@@ -639,15 +639,6 @@ def state_dict_sha1(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def file_sha1(path: str | Path, chunk: int = 1 << 22) -> str:
-    """SHA-1 of a file's bytes."""
-    h = hashlib.sha1()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _feature_meta(key: str, images: np.ndarray, rows: np.ndarray, mean: float, std: float,
                   image_size: int) -> dict:
     return {"key": key, "rows_sha1": hashlib.sha1(rows.tobytes()).hexdigest(),

@@ -22,7 +22,6 @@ monitor AUCs, date, the ``mocoxr`` version and the sha256 of the weights file.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -33,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mocoxr import __version__, models
+from mocoxr import __version__, keys, models
 
 __all__ = ["CARD_FIELDS", "card_path", "sha256_file", "make_card", "write_model_card",
            "read_model_card", "load_backbone", "Preprocess"]
@@ -49,13 +48,9 @@ def card_path(weights: str | Path) -> Path:
     return weights.with_name(weights.stem + ".card.json")
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    """SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def sha256_file(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (the model card's checksum)."""
+    return keys.file_sha1(path, algorithm="sha256")
 
 
 def _monitor_summary(log: Any) -> dict[str, dict[str, float]]:

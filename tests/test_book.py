@@ -37,15 +37,21 @@ def fixed_code_hash(monkeypatch):
     monkeypatch.setattr(book, "code_hash", lambda: "code-v1")
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    """A tiny project: a writes a file, b may fail, c is independent of b, d needs b."""
+def empty_project(tmp_path: Path) -> Path:
+    """A project root with the book's files and an empty notebooks/ folder."""
     root = tmp_path / "proj"
     (root / "notebooks").mkdir(parents=True)
     (root / "book").mkdir()
     (root / "_toc.yml").write_text("format: jb-book\nroot: book/intro\n")
     (root / "_config.yml").write_text("title: t\n")
     (root / "book" / "intro.md").write_text("# Intro\n")
+    return root
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A tiny project: a writes a file, b may fail, c is independent of b, d needs b."""
+    root = empty_project(tmp_path)
     nbs = root / "notebooks"
     write_nb(nbs / "a.py", 'run_dir = "."\nsize = 1\nopts = {"x": 1, "y": 2}',
              'from pathlib import Path\n(Path(run_dir) / "a.txt").write_text(f"{size} {opts}")')

@@ -18,19 +18,14 @@ from pathlib import Path
 import pytest
 
 from mocoxr import book, sources, store
-from test_book import write_nb, write_profile
+from test_book import empty_project, write_nb, write_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
 def proj(tmp_path: Path) -> Path:
-    root = tmp_path / "proj"
-    (root / "notebooks").mkdir(parents=True)
-    (root / "book").mkdir()
-    (root / "_toc.yml").write_text("format: jb-book\nroot: book/intro\n")
-    (root / "_config.yml").write_text("title: t\n")
-    (root / "book" / "intro.md").write_text("# Intro\n")
+    root = empty_project(tmp_path)
     nbs = root / "notebooks"
     write_nb(nbs / "prep.py", 'run_dir = "."\ndata_dir = None\nshenzhen_dir = None\nsize = 1',
              'from pathlib import Path\n(Path(run_dir) / "prep.txt").write_text(f"{shenzhen_dir} {size}")')
