@@ -2,7 +2,7 @@
 
     mocoxr book run --profile quick      # = python -m mocoxr.book run --profile quick
     mocoxr book build --profile quick    # (build, status, check: as python -m mocoxr.book)
-    mocoxr sitecheck _build/html         # = python -m mocoxr.sitecheck _build/html
+    mocoxr sitecheck _build/html         # = python -m mocoxr.book.sitecheck _build/html
 """
 
 from __future__ import annotations
@@ -10,11 +10,12 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-COMMANDS = {"book": "mocoxr.book", "sitecheck": "mocoxr.sitecheck"}
+COMMANDS = {"book": "mocoxr.book.__main__", "sitecheck": "mocoxr.book.sitecheck"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Dispatch ``mocoxr <command> ...`` to ``python -m mocoxr.<command> ...``."""
+    """Dispatch ``mocoxr book ...`` to ``python -m mocoxr.book ...`` and ``mocoxr sitecheck ...``
+    to ``python -m mocoxr.book.sitecheck ...``."""
     import importlib
 
     args = list(sys.argv[1:] if argv is None else argv)

@@ -1,6 +1,7 @@
-"""What the site shows of an executed notebook, and the pages generated at staging.
+"""The site: staging a profile's executed notebooks with the prose into ``<run_dir>/site/`` and
+running ``jupyter-book build`` on it (notebooks are not re-executed).
 
-``book.stage_site`` copies each executed notebook through :func:`stage_notebook`, which
+:func:`stage_site` copies each executed notebook through :func:`stage_notebook`, which
 
 - shows paths relative to the run folder: ``<run folder>/x`` becomes ``x``, the run folder
   itself its path relative to the project (``runs/quick``) or ``<run_dir>`` when it lies
@@ -8,10 +9,10 @@
   parameters (``data_dir``...) become ``<data_dir>``, the home folder ``~``;
 - rewrites the injected-parameters cell within :data:`CODE_WIDTH` columns;
 - drops progress-bar widget outputs and the widget state (the site would load the widget
-  JavaScript from a CDN).
+  JavaScript from a CDN);
 
-:func:`time_page` writes the "where the time went" page from the executed notebooks'
-papermill metadata and the runner's stamps.
+and marks the pages of stale runs (``build --allow-stale``). :func:`time_page` writes the
+"where the time went" page from the executed notebooks' papermill metadata.
 """
 
 from __future__ import annotations
@@ -20,12 +21,24 @@ import json
 import os
 import pprint
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Iterable, Sequence
+
+from mocoxr.book import paths
+from mocoxr.book.paths import RunPaths
+from mocoxr.book.profile import Profile
+from mocoxr.book.runner import open_run, stale_runs
 
 CODE_WIDTH = 90
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 TIME_PAGE = "time"
+BOOK_FILES = ("_config.yml", "_toc.yml")
+SITE_CSVS = ("results.csv", "deltas.csv")
+STALE_NOTE = (":::{{warning}}\nThis page is **stale**: its notebook, parameters, package code or an "
+              "upstream step changed after it ran. Rerun `python -m mocoxr.book run --profile {name}` "
+              "to update it.\n:::")
 
 
 def path_replacements(run_dir: Path, root: Path,
@@ -182,3 +195,116 @@ def write_time_page(site_book: Path, executed: Sequence[Path], profile: str) -> 
     if not path.is_file() or path.read_text() != text:
         path.write_text(text)
     return path
+
+
+# ----------------------------------------------------------------------------- staging and build
+
+
+def mark_stale(nb_path: Path, name: str) -> None:
+    """Insert the "this page is stale" warning below a staged notebook's title."""
+    import nbformat
+
+    nb = nbformat.read(str(nb_path), as_version=4)
+    nb.cells.insert(1, nbformat.v4.new_markdown_cell(STALE_NOTE.format(name=name)))
+    nbformat.write(nb, str(nb_path))
+
+
+def _copy_prose(root: Path, site: Path) -> None:
+    """``_config.yml``, ``_toc.yml``, ``book/*.md`` (stale copies removed) and the recorded
+    tables the prose pages include."""
+    (site / "book").mkdir(parents=True, exist_ok=True)
+    for name in BOOK_FILES:
+        shutil.copy2(root / name, site / name)
+    wanted = {p.name for p in (root / "book").glob("*.md")}
+    for p in (site / "book").glob("*.md"):
+        if p.name not in wanted:
+            p.unlink()
+    for name in wanted:
+        shutil.copy2(root / "book" / name, site / "book" / name)
+    if (root / "book" / "recorded").is_dir():
+        shutil.copytree(root / "book" / "recorded", site / "book" / "recorded", dirs_exist_ok=True)
+
+
+def stage_site(prof: Profile, rd: RunPaths, root: Path, echo=print,
+               stale: Sequence[str] = ()) -> Path:
+    """Assemble the book's source (config, prose, the profile's executed notebooks, the CSVs)
+    in ``<run_dir>/site`` and return it. Files keep their times so Sphinx rebuilds only changes.
+    Notebooks go through :func:`stage_notebook`; those in ``stale`` get the stale warning;
+    ``book/time.md`` is generated (:func:`write_time_page`)."""
+    site = rd.root / "site"
+    _copy_prose(root, site)
+    executed = site / "book" / "executed"
+    if executed.exists():
+        shutil.rmtree(executed)
+    executed.mkdir()
+    found = []
+    for run in prof.runs:
+        nb = rd.executed_nb(run.run_id)
+        if not nb.is_file():
+            echo(f"warning: {run.run_id} has no executed notebook ({nb}); its page is left out")
+            continue
+        stage_notebook(nb, executed / nb.name, path_replacements(rd.root, root, run.parameters))
+        if run.run_id in stale:
+            mark_stale(executed / nb.name, prof.name)
+        found.append(nb)
+    if not found:
+        raise FileNotFoundError(
+            f"no executed notebooks in {rd.executed}: run `python -m mocoxr.book run --profile {prof.name}` first"
+        )
+    for name in SITE_CSVS:
+        if (rd.root / name).is_file():
+            shutil.copy2(rd.root / name, site / name)
+    copy_extras(root / "book", site)
+    write_time_page(site / "book", found, prof.name)
+    return site
+
+
+def _jupyter_book(site: Path, output: Path, echo, quiet: bool) -> Path:
+    """``jupyter-book build`` of the staged site into ``output/_build``; its log is kept in
+    ``<site>/build.log``. Returns ``output/_build/html``."""
+    cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()",
+           "build", str(site), "--path-output", str(output)]
+    echo("$ jupyter-book build " + " ".join(cmd[4:]))
+    proc = subprocess.run(cmd, cwd=site, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    (site / "build.log").write_text(proc.stdout)
+    if not quiet:
+        echo(proc.stdout.rstrip())
+    if proc.returncode != 0:
+        raise RuntimeError(f"jupyter-book build of {site} failed (exit {proc.returncode}); "
+                           f"log: {site / 'build.log'}\n{proc.stdout[-4000:]}")
+    return output / "_build" / "html"
+
+
+def build_site(
+    profile: str | Path,
+    run_dir: Path | None = None,
+    output: Path | None = None,
+    root: Path | None = None,
+    echo=print,
+    quiet: bool = False,
+    overrides: dict[str, Any] | None = None,
+    allow_stale: bool = False,
+) -> Path:
+    """Build the HTML site of a profile's executed notebooks; returns ``_build/html/index.html``.
+
+    Refuses notebooks that ``status`` lists as stale, unless ``allow_stale`` (then their pages
+    carry a warning). The data folders default to those the run recorded. The build's output
+    is kept in ``<run_dir>/site/build.log`` (and echoed unless ``quiet``); ``results.csv`` and
+    ``deltas.csv`` are copied beside the site."""
+    root = Path(root) if root else paths.project_root()
+    prof, rd = open_run(profile, root, run_dir, overrides)
+    stale = stale_runs(prof, rd)
+    if stale and not allow_stale:
+        raise RuntimeError(
+            f"{len(stale)} executed notebook(s) in {rd.executed} are stale ({', '.join(stale)}): "
+            f"run `python -m mocoxr.book run --profile {prof.name}` first, or build with "
+            f"--allow-stale to publish them marked as stale"
+        )
+    site = stage_site(prof, rd, root, echo, stale)
+    html = _jupyter_book(site, Path(output or root).resolve(), echo, quiet)
+    for name in SITE_CSVS:
+        if (rd.root / name).is_file():
+            shutil.copy2(rd.root / name, html / name)
+    index = html / "index.html"
+    echo(f"site: {index}")
+    return index

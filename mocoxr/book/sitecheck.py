@@ -9,7 +9,7 @@ its DevTools protocol (``websocket-client``). For each page:
 - no notebook code block needs horizontal scrolling in a 1280-pixel-wide window;
 - every link into the site resolves to a file, and its ``#fragment`` to an element id.
 
-Command line: ``python -m mocoxr.sitecheck _build/html [--screenshots DIR]`` (exit 1 on a
+Command line: ``python -m mocoxr.book.sitecheck _build/html [--screenshots DIR]`` (exit 1 on a
 problem). Chromium is found as ``chromium``, ``chromium-browser`` or ``google-chrome``
 (Debian: ``apt-get install -y chromium``).
 """
@@ -261,7 +261,7 @@ def check_site(html_dir: str | Path, browser: str | None = None,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mocoxr.sitecheck", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m mocoxr.book.sitecheck", description=__doc__.split("\n")[0])
     ap.add_argument("html_dir", type=Path, help="the built site, e.g. _build/html")
     ap.add_argument("--browser", help="Chromium executable (default: found on PATH)")
     ap.add_argument("--screenshots", type=Path, help="folder for a screenshot of every page")

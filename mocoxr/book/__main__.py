@@ -1,0 +1,109 @@
+"""The book: profiles, the papermill runner and the Jupyter Book site build.
+
+Command line::
+
+    python -m mocoxr.book run    --profile quick [--data-dir D] [--shenzhen-dir D] [--run-dir D]
+                                 [--force] [--seeds N ...] [--log-output]
+    python -m mocoxr.book build  --profile quick [--run-dir D] [--output D] [--allow-stale]
+    python -m mocoxr.book status --profile quick
+    python -m mocoxr.book check
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from mocoxr.book import paths, runner, site
+from mocoxr.book.ipynb import pairing_problems
+from mocoxr.book.profile import ProfileError
+
+COMMANDS = [("run", "execute a profile's notebooks with papermill"),
+            ("build", "build the Jupyter Book site from a profile's executed notebooks"),
+            ("status", "list a profile's runs and whether they are up to date"),
+            ("check", "check that every notebooks/*.py has an in-sync .ipynb")]
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The data folders given on the command line (each must exist)."""
+    out: dict[str, Any] = {}
+    for name in ("data_dir", "shenzhen_dir"):
+        v = getattr(args, name, None)
+        if v is not None:
+            p = Path(v).expanduser().resolve()
+            if not p.exists():
+                raise FileNotFoundError(f"--{name.replace('_', '-')} {v}: no such folder")
+            out[name] = str(p)
+    return out
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m mocoxr.book``."""
+    ap = argparse.ArgumentParser(prog="python -m mocoxr.book", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    for name, helptext in COMMANDS:
+        p = sub.add_parser(name, help=helptext)
+        if name == "check":
+            continue
+        p.add_argument("--profile", default="quick", help="packaged profile name or a YAML file (default: quick)")
+        p.add_argument("--run-dir", type=Path, help="run folder (default: runs/<profile>)")
+        p.add_argument("--data-dir", help="folder holding CheXpert-v1.0-small/ (default: generate the embedded data)")
+        p.add_argument("--shenzhen-dir", help="folder holding the Shenzhen CXR_png/ (default: generate)")
+        if name == "run":
+            p.add_argument("--force", action="store_true", help="rerun every notebook even if up to date")
+            p.add_argument("--seeds", type=int, nargs="+", metavar="N",
+                           help="a batch: the whole profile once per seed, in <run-dir>/seed-<n>/, "
+                                "then the deltas pooled over seeds into <run-dir>/seeds/")
+            p.add_argument("--log-output", action="store_true", help="stream notebook output to the terminal")
+        if name == "build":
+            p.add_argument("--output", type=Path, help="folder that receives _build/ (default: project root)")
+            p.add_argument("--allow-stale", action="store_true",
+                           help="publish stale notebooks, marked as stale on their pages")
+    return ap
+
+
+def _status(args: argparse.Namespace) -> int:
+    """Print every run and whether it is up to date; 1 if any is not."""
+    prof, rd = runner.open_run(args.profile, paths.project_root(), args.run_dir, _overrides(args))
+    stale = False
+    for run_id, key in runner.run_keys(prof, rd).items():
+        ok = runner.is_up_to_date(rd, run_id, key)
+        stale |= not ok
+        print(f"{run_id:36s} {'up to date' if ok else 'to run':11s} needs {prof.run(run_id).deps}")
+    return 1 if stale else 0
+
+
+def _command(args: argparse.Namespace) -> int:
+    if args.command == "run" and args.seeds:
+        return runner.run_seeds(args.profile, args.run_dir, args.seeds, _overrides(args),
+                                force=args.force, log_output=args.log_output)
+    if args.command == "run":
+        outcomes = runner.run_profile(args.profile, args.run_dir, _overrides(args),
+                                      force=args.force, log_output=args.log_output)
+        return 0 if runner.finished(outcomes) else 1
+    if args.command == "build":
+        site.build_site(args.profile, args.run_dir, args.output, overrides=_overrides(args),
+                        allow_stale=args.allow_stale)
+        return 0
+    if args.command == "check":
+        problems = pairing_problems(paths.project_root() / "notebooks")
+        print("\n".join(problems) or "all notebook pairs in sync")
+        return 1 if problems else 0
+    return _status(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m mocoxr.book COMMAND ...``: 0 on success, 1 when a run failed or is not up to
+    date, 2 on a bad profile, a missing folder or a refused build."""
+    args = parser().parse_args(argv)
+    try:
+        return _command(args)
+    except (ProfileError, FileNotFoundError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
