@@ -109,7 +109,7 @@ def folder_fingerprint(folder: str | Path) -> str:
 
 def code_digest(modules: Iterable[str] | None = None) -> str:
     """Hash of the named ``mocoxr`` modules' source (None: every file of the package but the
-    profiles, book.py included)."""
+    profiles, mocoxr/book/ and notebook.py included)."""
     h = hashlib.sha256()
     if modules is None:
         files = [p for p in sorted(PACKAGE_DIR.rglob("*"))

@@ -237,7 +237,7 @@ def lateral_manifest(folder: str | Path, manifest: pd.DataFrame, rows: np.ndarra
 def sampler_for_dataset(run_dir: str | Path, ds: Any, folder: str | Path, positive_pairs: str,
                         pair_laterals: bool = False,
                         chexpert: dict | None = None) -> PairSampler | None:
-    """The :class:`PairSampler` of a ``book.Dataset``'s training split (None for ``image``).
+    """The :class:`PairSampler` of a ``notebook.Dataset``'s training split (None for ``image``).
 
     With ``pair_laterals`` the lateral views of the training patients are read from the
     CheXpert folder ``folder``, listed in ``<run_dir>/manifests/chexpert_laterals.csv`` and
@@ -245,7 +245,8 @@ def sampler_for_dataset(run_dir: str | Path, ds: Any, folder: str | Path, positi
     dataset manifest, its splits and every later step stay frontal-only). ``chexpert``: the
     ``prepare_chexpert`` options (its target and uncertain policy are used).
     """
-    from mocoxr import book, cache
+    from mocoxr import cache
+    from mocoxr.book.paths import run_paths
 
     check_mode(positive_pairs, pair_laterals)
     if positive_pairs == "image":
@@ -255,7 +256,7 @@ def sampler_for_dataset(run_dir: str | Path, ds: Any, folder: str | Path, positi
     if pair_laterals:
         opts = {k: v for k, v in (chexpert or {}).items() if k in ("target", "uncertain_policy")}
         lat = lateral_manifest(folder, ds.manifest, rows, **opts)
-        paths = book.run_paths(run_dir)
+        paths = run_paths(run_dir)
         paths.manifests.mkdir(parents=True, exist_ok=True)
         lat.to_csv(paths.manifests / "chexpert_laterals.csv", index=False)
         if len(lat):
@@ -377,9 +378,9 @@ def code_version(root: str | Path | None = None) -> dict[str, str]:
     runner's hash of the package code, for the sidecar of a recorded table."""
     import subprocess
 
-    from mocoxr import book
+    from mocoxr.book import paths, runner
 
-    root = Path(root or book.project_root())
+    root = Path(root or paths.project_root())
 
     def git(*args: str) -> str:
         try:
@@ -390,4 +391,4 @@ def code_version(root: str | Path | None = None) -> dict[str, str]:
 
     commit = git("rev-parse", "HEAD") or "unknown (not a git checkout)"
     dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    return {"git_commit": commit + ("-dirty" if dirty else ""), "code_hash": book.code_hash()}
+    return {"git_commit": commit + ("-dirty" if dirty else ""), "code_hash": runner.code_hash()}

@@ -49,11 +49,11 @@ import numpy as np
 import pandas as pd
 from IPython.display import display
 
-from mocoxr import book, plots
+from mocoxr import notebook, plots
 
-paths = book.run_paths(run_dir)
-chexpert_folder = book.chexpert_folder(run_dir, data_dir, phantom, seed=seed)
-shenzhen_folder = book.shenzhen_folder(run_dir, shenzhen_dir, phantom_shenzhen, seed=seed)
+paths = notebook.run_paths(run_dir)
+chexpert_folder = notebook.chexpert_folder(run_dir, data_dir, phantom, seed=seed)
+shenzhen_folder = notebook.shenzhen_folder(run_dir, shenzhen_dir, phantom_shenzhen, seed=seed)
 print("CheXpert-format data:", chexpert_folder,
       "(embedded, generated)" if data_dir is None else "")
 print("Shenzhen-format data:", shenzhen_folder,
@@ -82,7 +82,7 @@ display(pd.read_csv(train_csv, nrows=6))
 # drops those images. Blank means "not mentioned" and counts as negative.
 
 # %%
-raw_counts, policy_counts = book.uncertain_policy_counts(
+raw_counts, policy_counts = notebook.uncertain_policy_counts(
     chexpert_folder, chexpert["target"], chexpert["frontal_only"]
 )
 display(raw_counts)
@@ -92,12 +92,12 @@ fig = plots.count_bars(policy_counts, "policy", ["positive", "negative", "droppe
                              "by uncertain-label policy")
 plt.show()
 chosen = policy_counts.set_index("policy").loc[chexpert["uncertain_policy"]]
-book.glue("policy", chexpert["uncertain_policy"])
-book.glue("n_uncertain", int(raw_counts["images"].iloc[2]))
-book.glue("prevalence_chosen", float(chosen["prevalence"]))
+notebook.glue("policy", chexpert["uncertain_policy"])
+notebook.glue("n_uncertain", int(raw_counts["images"].iloc[2]))
+notebook.glue("prevalence_chosen", float(chosen["prevalence"]))
 by_policy = policy_counts.set_index("policy")
-book.glue("prevalence_ones", float(by_policy.loc["ones", "prevalence"]))
-book.glue("prevalence_zeros", float(by_policy.loc["zeros", "prevalence"]))
+notebook.glue("prevalence_ones", float(by_policy.loc["ones", "prevalence"]))
+notebook.glue("prevalence_zeros", float(by_policy.loc["zeros", "prevalence"]))
 
 # %% [markdown]
 # The training labels hold {glue:text}`n_uncertain` uncertain images. Under the policy used here
@@ -113,7 +113,7 @@ book.glue("prevalence_zeros", float(by_policy.loc["zeros", "prevalence"]))
 # report labeller, is the test set, as in the paper.
 
 # %%
-ds = book.load_dataset(run_dir, "chexpert", chexpert_folder, image_size, chexpert,
+ds = notebook.load_dataset(run_dir, "chexpert", chexpert_folder, image_size, chexpert,
                        seed=seed)
 m = ds.manifest
 split_table = (
@@ -127,9 +127,9 @@ display(split_table.style.format({"prevalence": "{:.1%}"}))
 train_patients = set(m.loc[m.split == "train", "patient"])
 assert not train_patients & set(m.loc[m.split != "train", "patient"])
 for s in ("train", "val", "test"):
-    book.glue(f"n_{s}", int(split_table.loc[s, "images"]))
-    book.glue(f"patients_{s}", int(split_table.loc[s, "patients"]))
-book.glue("prevalence_test", float(split_table.loc["test", "prevalence"]))
+    notebook.glue(f"n_{s}", int(split_table.loc[s, "images"]))
+    notebook.glue(f"patients_{s}", int(split_table.loc[s, "patients"]))
+notebook.glue("prevalence_test", float(split_table.loc["test", "prevalence"]))
 print(f"decoded image cache: {ds.images.shape} uint8, "
       f"mean {ds.mean:.3f}, std {ds.std:.3f}")
 
@@ -141,7 +141,7 @@ print(f"decoded image cache: {ds.images.shape} uint8, "
 # title gives the label used for training and, in brackets, the raw label in `train.csv`.
 
 # %%
-book.glue("image_size", int(image_size))
+notebook.glue("image_size", int(image_size))
 rng = np.random.default_rng(seed)
 train_rows = ds.prepared.rows("train")
 train_y = ds.prepared.labels(train_rows)
@@ -180,8 +180,8 @@ fraction_table = (
 )
 fraction_table.index = [plots.pct(f) for f in fraction_table.index]
 display(fraction_table)
-book.glue("smallest_fraction", plots.pct(min(chexpert["fractions"])))
-book.glue("smallest_subset",
+notebook.glue("smallest_fraction", plots.pct(min(chexpert["fractions"])))
+notebook.glue("smallest_subset",
           int(subsets.groupby(["label_fraction", "draw"]).size().min()))
 
 # %% [markdown]
@@ -197,14 +197,14 @@ book.glue("smallest_subset",
 # test, stratified by label, and trained on 6.25%, 25% and 100% of its training labels.
 
 # %%
-sz = book.load_dataset(run_dir, "shenzhen", shenzhen_folder, image_size, shenzhen,
+sz = notebook.load_dataset(run_dir, "shenzhen", shenzhen_folder, image_size, shenzhen,
                        seed=seed)
 sm = sz.manifest
 sz_table = sm.groupby("split").agg(images=("label", "size"), tb=("label", "sum")).reindex(
     ["train", "val", "test"])
 display(sz_table)
-book.glue("sz_n", int(len(sm)))
-book.glue("sz_tb", int(sm["label"].sum()))
+notebook.glue("sz_n", int(len(sm)))
+notebook.glue("sz_tb", int(sm["label"].sum()))
 pick = np.concatenate([
     rng.choice(idx, size=min(3, len(idx)), replace=False)
     for idx in (np.flatnonzero(sm["label"].to_numpy() == c) for c in (1, 0))

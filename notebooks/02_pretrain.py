@@ -68,12 +68,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mocoxr import augment, book, plots, train
+from mocoxr import augment, notebook, plots, train
 
-paths = book.run_paths(run_dir)
-book.glue("backbone_name", backbone)
-folder = book.chexpert_folder(run_dir, data_dir, phantom, seed=seed)
-ds = book.load_dataset(run_dir, "chexpert", folder, image_size, chexpert, seed=seed)
+paths = notebook.run_paths(run_dir)
+notebook.glue("backbone_name", backbone)
+folder = notebook.chexpert_folder(run_dir, data_dir, phantom, seed=seed)
+ds = notebook.load_dataset(run_dir, "chexpert", folder, image_size, chexpert, seed=seed)
 train_rows = ds.prepared.rows("train")
 cfg = train.PretrainConfig(backbone=backbone, image_size=image_size, seed=seed,
                            device=device, **pretrain)
@@ -120,15 +120,15 @@ plt.show()
 # weights are a plain torchvision model.
 
 # %%
-out = book.pretrain_dir(run_dir, cfg, ds)
-mon = (book.knn_monitor(ds, image_size, seed=seed, **monitor)
+out = notebook.pretrain_dir(run_dir, cfg, ds)
+mon = (notebook.knn_monitor(ds, seed=seed, **monitor)
        if pretrain["monitor_every"] else None)
 t0 = time.time()
 source = "embedded phantoms (not CheXpert)" if data_dir is None else Path(data_dir).name
 result = train.pretrain(ds.images, train_rows, cfg, out, ds.mean, ds.std, monitor=mon,
                         data={"dataset": source, "fingerprint": ds.fingerprint})
 minutes = (time.time() - t0) / 60
-exported = book.record_pretrained(run_dir, backbone, out)
+exported = notebook.record_pretrained(run_dir, backbone, out)
 log = result["log"]
 what = "loaded finished run" if result["cached"] else "trained"
 print(f"{what}: {result['step']} steps in {minutes:.1f} min "
@@ -141,18 +141,18 @@ plt.show()
 # %% tags=["hide-input"]
 # numbers for the text below
 loss = log["loss"].dropna()
-book.glue("steps", int(result["step"]))
-book.glue("n_pretrain_images", int(len(train_rows)))
-book.glue("loss_first", float(loss.iloc[: max(1, len(loss) // 10)].mean()))
-book.glue("loss_last", float(loss.iloc[-max(1, len(loss) // 10):].mean()))
-book.glue("chance_loss", float(np.log(cfg.queue_size + 1)))
-book.glue("queue_size", int(cfg.queue_size))
+notebook.glue("steps", int(result["step"]))
+notebook.glue("n_pretrain_images", int(len(train_rows)))
+notebook.glue("loss_first", float(loss.iloc[: max(1, len(loss) // 10)].mean()))
+notebook.glue("loss_last", float(loss.iloc[-max(1, len(loss) // 10):].mean()))
+notebook.glue("chance_loss", float(np.log(cfg.queue_size + 1)))
+notebook.glue("queue_size", int(cfg.queue_size))
 for name in ("knn", "linear"):
     col = f"{name}_auc"
     curve = log[col].dropna() if col in log else pd.Series(dtype=float)
-    book.glue(f"{name}_first", float(curve.iloc[0]) if len(curve) else float("nan"))
-    book.glue(f"{name}_last", float(curve.iloc[-1]) if len(curve) else float("nan"))
-    book.glue(f"{name}_best", float(curve.max()) if len(curve) else float("nan"))
+    notebook.glue(f"{name}_first", float(curve.iloc[0]) if len(curve) else float("nan"))
+    notebook.glue(f"{name}_last", float(curve.iloc[-1]) if len(curve) else float("nan"))
+    notebook.glue(f"{name}_best", float(curve.max()) if len(curve) else float("nan"))
 
 # %% [markdown]
 # ## Loading the exported backbone
@@ -170,9 +170,9 @@ with torch.no_grad():
     emb = features(model.preprocess(ds.images[show]))  # gray uint8 images in
 print(model.preprocess, "->", tuple(emb.shape))
 print({k: model.card[k] for k in ("backbone", "input_size", "steps", "mocoxr_version")})
-book.glue("exported_rel", str(exported.relative_to(paths.root)))
-book.glue("hub_name", f"moco_{backbone}")
-book.glue("tv_call", f"torchvision.models.{backbone}().load_state_dict("
+notebook.glue("exported_rel", str(exported.relative_to(paths.root)))
+notebook.glue("hub_name", f"moco_{backbone}")
+notebook.glue("tv_call", f"torchvision.models.{backbone}().load_state_dict("
           "torch.load(path, weights_only=True))")
 
 # %% [markdown]

@@ -56,12 +56,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import display
 
-from mocoxr import book, evaluate, experiments, plots
+from mocoxr import evaluate, experiments, notebook, plots
 
-paths = book.run_paths(run_dir)
-book.glue("backbone_name", backbone)
-folder = book.chexpert_folder(run_dir, data_dir, phantom, seed=seed)
-ds = book.load_dataset(run_dir, "chexpert", folder, image_size, chexpert, seed=seed)
+paths = notebook.run_paths(run_dir)
+notebook.glue("backbone_name", backbone)
+folder = notebook.chexpert_folder(run_dir, data_dir, phantom, seed=seed)
+ds = notebook.load_dataset(run_dir, "chexpert", folder, image_size, chexpert, seed=seed)
 backbones = {"moco": str(paths.moco_backbone(backbone)), baseline: baseline}
 print(backbones)
 
@@ -108,21 +108,10 @@ signed = {"delta": "{:+.3f}", "ci_low": "{:+.3f}", "ci_high": "{:+.3f}"}
 display(dl.style.format(signed).hide(axis="index"))
 
 # %% tags=["hide-input"]
-# numbers for the text below
-f_small, f_large = float(dl["label_fraction"].min()), float(dl["label_fraction"].max())
-for tag, f in (("small", f_small), ("large", f_large)):
-    row = dl[np.isclose(dl["label_fraction"], f)].iloc[0]
-    book.glue(f"frac_{tag}", plots.pct(f))
-    book.glue(f"delta_{tag}", float(row["delta"]))
-    book.glue(f"delta_{tag}_lo", float(row["ci_low"]))
-    book.glue(f"delta_{tag}_hi", float(row["ci_high"]))
-    for init in ("moco", baseline):
-        r = summary[(summary["init"] == init)
-                    & np.isclose(summary["label_fraction"], f)].iloc[0]
-        book.glue(f"auc_{'moco' if init == 'moco' else 'base'}_{tag}", float(r["auc"]))
-book.glue("baseline", baseline)
-book.glue("n_ci_above_zero", int((dl["ci_low"] > 0).sum()))
-book.glue("n_fractions", int(len(dl)))
+# numbers for the text below: frac_, delta_ (with _lo, _hi), auc_moco_, auc_base_ small/large
+f_small, f_large = notebook.glue_effect(dl, summary, baseline).values()
+notebook.glue("n_ci_above_zero", int((dl["ci_low"] > 0).sum()))
+notebook.glue("n_fractions", int(len(dl)))
 
 # %% [markdown]
 # With {glue:text}`frac_small` of the labels the MoCo features reach AUC

@@ -56,18 +56,15 @@ import numpy as np
 import pandas as pd
 from IPython.display import display
 
-from mocoxr import book, evaluate, experiments, plots, train
+from mocoxr import evaluate, experiments, notebook, plots, train
 
-paths = book.run_paths(run_dir)
-book.glue("backbone_name", backbone)
-folder = book.chexpert_folder(run_dir, data_dir, phantom, seed=seed)
-ds = book.load_dataset(run_dir, "chexpert", folder, image_size, chexpert, seed=seed)
+paths = notebook.run_paths(run_dir)
+notebook.glue("backbone_name", backbone)
+folder = notebook.chexpert_folder(run_dir, data_dir, phantom, seed=seed)
+ds = notebook.load_dataset(run_dir, "chexpert", folder, image_size, chexpert, seed=seed)
 backbones = {"moco": str(paths.moco_backbone(backbone)), baseline: baseline}
-epochs = {f: min(train.probe_epochs(f), finetune["max_epochs"] or 10**9)
-          for f in chexpert["fractions"]}
 fractions = finetune["fractions"] or chexpert["fractions"]
 keep = (min(fractions), max(fractions))  # models kept for Grad-CAM and calibration
-print("epochs per label fraction:", {plots.pct(f): e for f, e in epochs.items()})
 
 # %% [markdown]
 # ## Fine-tune every (init, label fraction, draw)
@@ -112,24 +109,15 @@ signed = {"delta": "{:+.3f}", "ci_low": "{:+.3f}", "ci_high": "{:+.3f}"}
 display(dl.style.format(signed).hide(axis="index"))
 
 # %% tags=["hide-input"]
-# numbers for the text below
-f_small, f_large = float(dl["label_fraction"].min()), float(dl["label_fraction"].max())
-for tag, f in (("small", f_small), ("large", f_large)):
-    row = dl[np.isclose(dl["label_fraction"], f)].iloc[0]
-    book.glue(f"frac_{tag}", plots.pct(f))
-    book.glue(f"delta_{tag}", float(row["delta"]))
-    book.glue(f"delta_{tag}_lo", float(row["ci_low"]))
-    book.glue(f"delta_{tag}_hi", float(row["ci_high"]))
-    for init in ("moco", baseline):
-        r = summary[(summary["init"] == init)
-                    & np.isclose(summary["label_fraction"], f)].iloc[0]
-        book.glue(f"auc_{'moco' if init == 'moco' else 'base'}_{tag}", float(r["auc"]))
+# numbers for the text below: frac_, delta_ (with _lo, _hi), auc_moco_, auc_base_ small/large
+fracs = notebook.glue_effect(dl, summary, baseline)
+f_small, f_large = fracs.values()
+for tag, f in fracs.items():
     lin_f = lin[np.isclose(lin["label_fraction"], f)]
-    book.glue(f"linear_delta_{tag}",
-              float(lin_f["delta"].iloc[0]) if len(lin_f) else float("nan"))
-book.glue("baseline", baseline)
+    notebook.glue(f"linear_delta_{tag}",
+                  float(lin_f["delta"].iloc[0]) if len(lin_f) else float("nan"))
 full = np.isclose(summary["label_fraction"], f_large)
-book.glue("auc_best_full", float(summary.loc[full, "auc"].max()))
+notebook.glue("auc_best_full", float(summary.loc[full, "auc"].max()))
 
 # %% [markdown]
 # With {glue:text}`frac_small` of the labels, fine-tuning from MoCo reaches AUC
@@ -184,8 +172,8 @@ plt.show()
 
 # %% tags=["hide-input"]
 # numbers for the text below
-book.glue("cam_frac", plots.pct(f_large))
-book.glue("cam_n", int(len(pos)))
+notebook.glue("cam_frac", plots.pct(f_large))
+notebook.glue("cam_n", int(len(pos)))
 if masks is not None:
     loc = saliency.localisation_table(cams, masks).set_index("init")
     display(loc.style.format("{:.3f}", subset=["pointing_hit_rate", "share_inside",
@@ -193,9 +181,9 @@ if masks is not None:
 for init in backbones:
     tag = "moco" if init == "moco" else "base"
     for col, name in (("pointing_hit_rate", "hit"), ("share_inside", "share")):
-        book.glue(f"cam_{name}_{tag}", float(loc.loc[init, col]) if masks is not None
+        notebook.glue(f"cam_{name}_{tag}", float(loc.loc[init, col]) if masks is not None
                   else float("nan"))
-book.glue("cam_area", float(masks.mean()) if masks is not None else float("nan"))
+notebook.glue("cam_area", float(masks.mean()) if masks is not None else float("nan"))
 
 # %% [markdown]
 # Over the {glue:text}`cam_n` effusion-positive test images whose effusion shows at this
@@ -246,7 +234,7 @@ for i, (init, f) in enumerate(cal_inputs):
     if f == f_large:
         tag = "moco" if init == "moco" else "base"
         for col in ("ece_before", "ece_after", "temperature"):
-            book.glue(f"{col}_{tag}", float(cal[col].iloc[i]))
+            notebook.glue(f"{col}_{tag}", float(cal[col].iloc[i]))
 
 # %% [markdown]
 # With {glue:text}`cam_frac` of the labels the MoCo-initialised model's test ECE is

@@ -46,16 +46,15 @@ n_boot = 1000
 
 # %%
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 from IPython.display import display
 
-from mocoxr import book, evaluate, experiments, plots
+from mocoxr import evaluate, experiments, notebook, plots
 
-paths = book.run_paths(run_dir)
-book.glue("backbone_name", backbone)
-folder = book.shenzhen_folder(run_dir, shenzhen_dir, phantom_shenzhen, seed=seed)
-sz = book.load_dataset(run_dir, "shenzhen", folder, image_size, shenzhen, seed=seed)
+paths = notebook.run_paths(run_dir)
+notebook.glue("backbone_name", backbone)
+folder = notebook.shenzhen_folder(run_dir, shenzhen_dir, phantom_shenzhen, seed=seed)
+sz = notebook.load_dataset(run_dir, "shenzhen", folder, image_size, shenzhen, seed=seed)
 backbones = {"moco": str(paths.moco_backbone(backbone)), baseline: baseline}
 m = sz.manifest
 display(m.groupby("split").agg(images=("label", "size"), tb=("label", "sum"))
@@ -92,22 +91,11 @@ signed = {"delta": "{:+.3f}", "ci_low": "{:+.3f}", "ci_high": "{:+.3f}"}
 display(dl.style.format(signed).hide(axis="index"))
 
 # %% tags=["hide-input"]
-# numbers for the text below
-f_small = float(dl["label_fraction"].min())
-for exp, tag in (("shenzhen_linear", "lin"), ("shenzhen_finetune", "ft")):
-    row = dl[(dl["experiment"] == exp)
-             & np.isclose(dl["label_fraction"], f_small)].iloc[0]
-    book.glue(f"{tag}_delta_small", float(row["delta"]))
-    book.glue(f"{tag}_delta_small_lo", float(row["ci_low"]))
-    book.glue(f"{tag}_delta_small_hi", float(row["ci_high"]))
-    s = plots.mean_rows(res, exp, backbone)
-    for init in ("moco", baseline):
-        r = s[(s["init"] == init) & np.isclose(s["label_fraction"], f_small)].iloc[0]
-        name = "moco" if init == "moco" else "base"
-        book.glue(f"{tag}_auc_{name}_small", float(r["auc"]))
-book.glue("frac_small", plots.pct(f_small))
-book.glue("baseline", baseline)
-book.glue("n_test", int(len(sz.prepared.rows("test"))))
+# numbers for the text below: lin_ and ft_ delta_small (with _lo, _hi), auc_moco_small, ...
+prefixes = {"shenzhen_linear": "lin_", "shenzhen_finetune": "ft_"}
+summary = pd.concat([plots.mean_rows(res, exp, backbone) for exp in prefixes])
+(f_small,) = notebook.glue_effect(dl, summary, baseline, prefixes, tags=["small"]).values()
+notebook.glue("n_test", int(len(sz.prepared.rows("test"))))
 
 # %% [markdown]
 # With {glue:text}`frac_small` of the Shenzhen training labels, the linear probe on

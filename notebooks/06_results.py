@@ -36,16 +36,16 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import HTML, display
 
-from mocoxr import book, plots
+from mocoxr import notebook, plots
 
-paths = book.run_paths(run_dir)
+paths = notebook.run_paths(run_dir)
 results = pd.read_csv(paths.results)
 deltas = pd.read_csv(paths.deltas)
 paper = plots.paper_results()
 backbones = sorted(results["backbone"].unique())
-book.glue("data_source", "the embedded synthetic data (phantoms, not CheXpert)"
+notebook.glue("data_source", "the embedded synthetic data (phantoms, not CheXpert)"
           if data_dir is None else "CheXpert images from the folder given as data_dir")
-book.glue("baseline", baseline)
+notebook.glue("baseline", baseline)
 print(f"{len(results)} result rows, {len(deltas)} deltas; backbones {backbones}")
 
 # %% [markdown]
@@ -108,19 +108,19 @@ ft = deltas[(deltas["experiment"] == "finetune") & (deltas["backbone"] == bb)]
 ft = ft.sort_values("label_fraction")
 paper_lin = plots.paper_deltas(paper, "linear", bb)
 paper_ft = plots.paper_deltas(paper, "finetune", bb)
-book.glue("bb", bb)
-book.glue("frac_small", plots.pct(lin["label_fraction"].iloc[0]))
-book.glue("frac_large", plots.pct(lin["label_fraction"].iloc[-1]))
-book.glue("ours_lin_small", float(lin["delta"].iloc[0]))
-book.glue("ours_lin_large", float(lin["delta"].iloc[-1]))
-book.glue("ours_ft_small", float(ft["delta"].iloc[0]) if len(ft) else float("nan"))
-book.glue("paper_lin_small", float(paper_lin["delta"].iloc[0]))
-book.glue("paper_lin_large", float(paper_lin["delta"].iloc[-1]))
-book.glue("paper_ft_small", float(paper_ft["delta"].iloc[0]))
-book.glue("n_ci_above_zero_lin", int((lin["ci_low"] > 0).sum()))
-book.glue("n_fractions_lin", int(len(lin)))
-book.glue("n_findings_reproduced", int((verdicts["holds"] == "yes").sum()))
-book.glue("n_findings", int(len(verdicts)))
+notebook.glue("bb", bb)
+notebook.glue("frac_small", plots.pct(lin["label_fraction"].iloc[0]))
+notebook.glue("frac_large", plots.pct(lin["label_fraction"].iloc[-1]))
+notebook.glue("ours_lin_small", float(lin["delta"].iloc[0]))
+notebook.glue("ours_lin_large", float(lin["delta"].iloc[-1]))
+notebook.glue("ours_ft_small", float(ft["delta"].iloc[0]) if len(ft) else float("nan"))
+notebook.glue("paper_lin_small", float(paper_lin["delta"].iloc[0]))
+notebook.glue("paper_lin_large", float(paper_lin["delta"].iloc[-1]))
+notebook.glue("paper_ft_small", float(paper_ft["delta"].iloc[0]))
+notebook.glue("n_ci_above_zero_lin", int((lin["ci_low"] > 0).sum()))
+notebook.glue("n_fractions_lin", int(len(lin)))
+notebook.glue("n_findings_reproduced", int((verdicts["holds"] == "yes").sum()))
+notebook.glue("n_findings", int(len(verdicts)))
 
 # %% [markdown]
 # For {glue:text}`bb`, the linear probe's MoCo advantage is {glue:text}`ours_lin_small:+.3f` AUC at

@@ -97,14 +97,14 @@ import numpy as np
 import pandas as pd
 from IPython.display import display
 
-from mocoxr import book, experiments, pairs, plots, train
+from mocoxr import experiments, notebook, pairs, plots, train
 
-paths = book.run_paths(run_dir)
-book.glue("backbone_name", backbone)
-folder = book.chexpert_folder(run_dir, data_dir, phantom, seed=seed)
-ds = book.load_dataset(run_dir, "chexpert", folder, image_size, chexpert, seed=seed)
+paths = notebook.run_paths(run_dir)
+notebook.glue("backbone_name", backbone)
+folder = notebook.chexpert_folder(run_dir, data_dir, phantom, seed=seed)
+ds = notebook.load_dataset(run_dir, "chexpert", folder, image_size, chexpert, seed=seed)
 if recorded is not None:
-    table, meta = pairs.read_recorded(book.project_root() / recorded)
+    table, meta = pairs.read_recorded(notebook.project_root() / recorded)
     pairings = list(dict.fromkeys(table["pairing"]))
 if pairings[0] != "image" or len(pairings) < 3:
     raise ValueError(
@@ -173,12 +173,12 @@ else:
     print(f"no training image has a key from another image under {show}")
 
 # %% tags=["hide-input"]
-book.glue("pair_example", show)
+notebook.glue("pair_example", show)
 for i, name in enumerate(pairings[1:], 1):
-    book.glue(f"p{i}_name", name)
-    book.glue(f"p{i}_share", 100 * float(stats.loc[name, "share_paired"]))
-    book.glue(f"p{i}_cands", float(stats.loc[name, "mean_candidates"]))
-book.glue("n_lateral_keys", int(max(stats["n_lateral_keys"].max(), 0)))
+    notebook.glue(f"p{i}_name", name)
+    notebook.glue(f"p{i}_share", 100 * float(stats.loc[name, "share_paired"]))
+    notebook.glue(f"p{i}_cands", float(stats.loc[name, "mean_candidates"]))
+notebook.glue("n_lateral_keys", int(max(stats["n_lateral_keys"].max(), 0)))
 
 # %% [markdown]
 # With {glue:text}`p1_name`, {glue:text}`p1_share:.1f`% of the training images get a key from
@@ -207,7 +207,7 @@ if recorded is None:
             device=device,
             **{**pretrain, "positive_pairs": mode, "pair_laterals": lat},
         )
-        ckpt_dir = book.pretrain_dir(
+        ckpt_dir = notebook.pretrain_dir(
             run_dir, cfg, ds
         )  # image pairs: 02_pretrain's folder
         if (
@@ -274,7 +274,7 @@ if recorded is None:
     if record["csv"]:
         print(
             "recorded:",
-            pairs.write_recorded(table, book.project_root() / record["csv"], meta),
+            pairs.write_recorded(table, notebook.project_root() / record["csv"], meta),
         )
 show_cols = [
     "pairing",
@@ -298,9 +298,9 @@ display(
 
 # %% tags=["hide-input"]
 if recorded is None:
-    book.glue("source_note", f"computed by this run (seed {seed})")
+    notebook.glue("source_note", f"computed by this run (seed {seed})")
 else:
-    book.glue(
+    notebook.glue(
         "source_note",
         f"read from the recorded run `{recorded}`, written by "
         f"`{meta['command']}` at code version {meta['git_commit'][:12]} "
@@ -349,21 +349,21 @@ plt.show()
 # %% tags=["hide-input"]
 # numbers for the conclusion
 fr = sorted(table["label_fraction"].unique())
-book.glue("frac_small", plots.pct(fr[0]))
-book.glue("frac_large", plots.pct(fr[-1]))
+notebook.glue("frac_small", plots.pct(fr[0]))
+notebook.glue("frac_large", plots.pct(fr[-1]))
 for i, name in enumerate(pairings[1:], 1):
     rows = table[table["pairing"] == name].set_index("label_fraction")
     for tag, f in (("small", fr[0]), ("large", fr[-1])):
-        book.glue(f"p{i}_delta_{tag}", float(rows.loc[f, "delta"]))
-        book.glue(f"p{i}_delta_{tag}_lo", float(rows.loc[f, "delta_low"]))
-        book.glue(f"p{i}_delta_{tag}_hi", float(rows.loc[f, "delta_high"]))
-    book.glue(f"p{i}_verdict", pairs.verdict(table, name))
-    book.glue(f"p{i}_n_up", int((rows["delta_low"] > 0).sum()))
-    book.glue(f"p{i}_n_down", int((rows["delta_high"] < 0).sum()))
+        notebook.glue(f"p{i}_delta_{tag}", float(rows.loc[f, "delta"]))
+        notebook.glue(f"p{i}_delta_{tag}_lo", float(rows.loc[f, "delta_low"]))
+        notebook.glue(f"p{i}_delta_{tag}_hi", float(rows.loc[f, "delta_high"]))
+    notebook.glue(f"p{i}_verdict", pairs.verdict(table, name))
+    notebook.glue(f"p{i}_n_up", int((rows["delta_low"] > 0).sum()))
+    notebook.glue(f"p{i}_n_down", int((rows["delta_high"] < 0).sum()))
 base = table[table["pairing"] == "image"].set_index("label_fraction")
-book.glue("auc_image_small", float(base.loc[fr[0], "auc"]))
-book.glue("auc_image_large", float(base.loc[fr[-1], "auc"]))
-book.glue("n_fractions", int(len(fr)))
+notebook.glue("auc_image_small", float(base.loc[fr[0], "auc"]))
+notebook.glue("auc_image_large", float(base.loc[fr[-1], "auc"]))
+notebook.glue("n_fractions", int(len(fr)))
 
 # %% [markdown]
 # ## Conclusion

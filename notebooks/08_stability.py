@@ -38,18 +38,18 @@ recorded_seeds = "book/recorded/seeds-quick"  # pooled tables shipped with the b
 import matplotlib.pyplot as plt
 from IPython.display import HTML, display
 
-from mocoxr import book, plots, seeds
+from mocoxr import notebook, plots, seeds
 
-folder, kind = seeds.find_pooled(run_dir, book.project_root() / recorded_seeds)
+folder, kind = seeds.find_pooled(run_dir, notebook.project_root() / recorded_seeds)
 pooled = seeds.read_pooled(folder)
 deltas, per_seed, results = pooled["deltas"], pooled["per_seed"], pooled["results"]
 deltas = deltas[deltas["backbone"] == backbone]
 n_seeds = int(per_seed["seed"].nunique())
 source = pooled["source"]
-book.glue("n_seeds", n_seeds)
-book.glue("seed_list", ", ".join(str(s) for s in sorted(per_seed["seed"].unique())))
+notebook.glue("n_seeds", n_seeds)
+notebook.glue("seed_list", ", ".join(str(s) for s in sorted(per_seed["seed"].unique())))
 finished, commit = source.get("finished", "?"), source.get("git_commit") or "?"
-book.glue("pooled_source", "this run folder's seeds batch" if kind == "this run" else
+notebook.glue("pooled_source", "this run folder's seeds batch" if kind == "this run" else
           "the recorded batch shipped with the book (the command above, "
           f"finished {finished}, code version {commit})")
 print(f"{n_seeds} seeds ({kind})")
@@ -81,22 +81,22 @@ display(HTML(table.to_html(index=False, border=0)))
 # numbers for the text below
 lin = deltas[deltas["experiment"] == "linear"].sort_values("label_fraction")
 small = lin[lin["label_fraction"] < 1.0]
-book.glue("n_lin_small_above", int((small["ci_low"] > 0).sum()))
-book.glue("n_lin_small", int(len(small)))
-book.glue("lin_small_fracs", ", ".join(plots.pct(f) for f in small["label_fraction"]))
+notebook.glue("n_lin_small_above", int((small["ci_low"] > 0).sum()))
+notebook.glue("n_lin_small", int(len(small)))
+notebook.glue("lin_small_fracs", ", ".join(plots.pct(f) for f in small["label_fraction"]))
 shown = [("lin_min", "linear", float(lin["label_fraction"].min())),
          ("ft_full", "finetune", 1.0), ("szl_min", "shenzhen_linear", 0.0625)]
 for tag, exp, f in shown:
     r = seeds.pooled_row(deltas, exp, f)
-    book.glue(f"{tag}_frac", plots.pct(f))
-    book.glue(tag, "not run" if r is None else
+    notebook.glue(f"{tag}_frac", plots.pct(f))
+    notebook.glue(tag, "not run" if r is None else
               plots.fmt_ci(r["delta"], r["ci_low"], r["ci_high"], signed=True))
-    book.glue(f"{tag}_verdict",
+    notebook.glue(f"{tag}_verdict",
               "not run" if r is None else seeds.verdict(r["ci_low"], r["ci_high"]))
 for init, tag in (("moco", "moco"), (baseline, "base")):
-    book.glue(f"sz_ft_{tag}",
+    notebook.glue(f"sz_ft_{tag}",
               seeds.auc_range(results, "shenzhen_finetune", backbone, init, 1.0))
-book.glue("baseline", baseline)
+notebook.glue("baseline", baseline)
 
 # %% [markdown]
 # ## What holds across seeds
