@@ -53,7 +53,8 @@ from mocoxr import notebook, plots
 
 paths = notebook.run_paths(run_dir)
 chexpert_folder = notebook.chexpert_folder(run_dir, data_dir, phantom, seed=seed)
-shenzhen_folder = notebook.shenzhen_folder(run_dir, shenzhen_dir, phantom_shenzhen, seed=seed)
+shenzhen_folder = notebook.shenzhen_folder(run_dir, shenzhen_dir, phantom_shenzhen,
+                                           seed=seed)
 print("CheXpert-format data:", chexpert_folder,
       "(embedded, generated)" if data_dir is None else "")
 print("Shenzhen-format data:", shenzhen_folder,

@@ -108,7 +108,7 @@ signed = {"delta": "{:+.3f}", "ci_low": "{:+.3f}", "ci_high": "{:+.3f}"}
 display(dl.style.format(signed).hide(axis="index"))
 
 # %% tags=["hide-input"]
-# numbers for the text below: frac_, delta_ (with _lo, _hi), auc_moco_, auc_base_ small/large
+# numbers for the text below (frac_, delta_, auc_moco_, auc_base_ at small and large)
 f_small, f_large = notebook.glue_effect(dl, summary, baseline).values()
 notebook.glue("n_ci_above_zero", int((dl["ci_low"] > 0).sum()))
 notebook.glue("n_fractions", int(len(dl)))

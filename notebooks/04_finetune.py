@@ -109,7 +109,7 @@ signed = {"delta": "{:+.3f}", "ci_low": "{:+.3f}", "ci_high": "{:+.3f}"}
 display(dl.style.format(signed).hide(axis="index"))
 
 # %% tags=["hide-input"]
-# numbers for the text below: frac_, delta_ (with _lo, _hi), auc_moco_, auc_base_ small/large
+# numbers for the text below (frac_, delta_, auc_moco_, auc_base_ at small and large)
 fracs = notebook.glue_effect(dl, summary, baseline)
 f_small, f_large = fracs.values()
 for tag, f in fracs.items():

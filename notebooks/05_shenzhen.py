@@ -91,10 +91,10 @@ signed = {"delta": "{:+.3f}", "ci_low": "{:+.3f}", "ci_high": "{:+.3f}"}
 display(dl.style.format(signed).hide(axis="index"))
 
 # %% tags=["hide-input"]
-# numbers for the text below: lin_ and ft_ delta_small (with _lo, _hi), auc_moco_small, ...
+# numbers for the text below (lin_ and ft_ delta_small, auc_moco_small, auc_base_small)
 prefixes = {"shenzhen_linear": "lin_", "shenzhen_finetune": "ft_"}
 summary = pd.concat([plots.mean_rows(res, exp, backbone) for exp in prefixes])
-(f_small,) = notebook.glue_effect(dl, summary, baseline, prefixes, tags=["small"]).values()
+(f_small,) = notebook.glue_effect(dl, summary, baseline, prefixes, ["small"]).values()
 notebook.glue("n_test", int(len(sz.prepared.rows("test"))))
 
 # %% [markdown]

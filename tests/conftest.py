@@ -38,13 +38,13 @@ def tiny(tmp_path_factory):
 
     The package-code part of the run keys is pinned while it runs, so that a rerun test does
     not depend on nobody editing mocoxr/ meanwhile."""
-    from mocoxr import book
+    from mocoxr.book import runner, site
 
     root = tmp_path_factory.mktemp("tiny")
     run_dir, out = root / "run", root / "site"
     log: list[str] = []
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(book, "code_hash", lambda: "pinned")
-        outcomes = book.run_profile("tiny", run_dir, progress=False, echo=log.append)
-        index = book.build_site("tiny", run_dir, output=out, echo=log.append, quiet=True)
+        mp.setattr(runner, "code_hash", lambda: "pinned")
+        outcomes = runner.run_profile("tiny", run_dir, progress=False, echo=log.append)
+        index = site.build_site("tiny", run_dir, output=out, echo=log.append, quiet=True)
     yield run_dir, {o.run_id: o for o in outcomes}, index, "\n".join(log)

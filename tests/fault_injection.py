@@ -68,8 +68,8 @@ def make_project(where: Path) -> Path:
     return where
 
 
-RUN = ("import sys; from pathlib import Path; from mocoxr import book; "
-       "out = book.run_profile(sys.argv[1], Path(sys.argv[2]), root=Path(sys.argv[3]), progress=False, "
+RUN = ("import sys; from pathlib import Path; from mocoxr.book import runner; "
+       "out = runner.run_profile(sys.argv[1], Path(sys.argv[2]), root=Path(sys.argv[3]), progress=False, "
        "echo=lambda *a: None); print(' '.join(o.status for o in out))")
 
 
@@ -242,7 +242,8 @@ def disk_full_cases(work: Path, log) -> tuple[int, list[str]]:
 def read_only_cases(work: Path, log) -> tuple[int, list[str]]:
     """A run into a folder on a read-only file system: one StorageError line naming the path
     (only where this machine lets us mount a read-only tmpfs)."""
-    from mocoxr import book, store
+    from mocoxr import store
+    from mocoxr.book import runner
 
     mnt = work / "ro"
     mnt.mkdir()
@@ -252,7 +253,7 @@ def read_only_cases(work: Path, log) -> tuple[int, list[str]]:
         return 0, []
     try:
         project = work / "project"
-        book.run_profile(project / "p.yaml", mnt / "run", root=project, progress=False,
+        runner.run_profile(project / "p.yaml", mnt / "run", root=project, progress=False,
                          echo=lambda *a: None)
         return 1, ["read-only run folder: the run did not fail"]
     except store.StorageError as exc:

@@ -17,7 +17,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mocoxr import book, evaluate
+from mocoxr import evaluate, notebook
+from mocoxr.book import paths, runner
+from mocoxr.book.ipynb import notebook_errors
+from mocoxr.book.profile import load_profile
 
 pytestmark = pytest.mark.slow
 
@@ -25,24 +28,24 @@ EXPERIMENTS = {"linear", "finetune", "shenzhen_linear", "shenzhen_finetune"}
 
 
 def glued(run_dir: Path, run_id: str) -> dict:
-    return book.glued_values(run_dir / "executed" / f"{run_id}.ipynb")
+    return notebook.glued_values(run_dir / "executed" / f"{run_id}.ipynb")
 
 
 def test_every_notebook_ran_without_error(tiny):
     run_dir, outcomes, _, log = tiny
-    prof = book.load_profile("tiny")
+    prof = load_profile("tiny")
     assert [r.run_id for r in prof.runs] == list(outcomes)
     assert {o.status for o in outcomes.values()} == {"ran"}, log
     for run_id in outcomes:
         nb = run_dir / "executed" / f"{run_id}.ipynb"
-        assert nb.is_file() and book.notebook_errors(nb) == []
+        assert nb.is_file() and notebook_errors(nb) == []
         assert (run_dir / "stamps" / f"{run_id}.json").is_file()
 
 
 def test_rerun_skips_everything(tiny, monkeypatch):
     run_dir = tiny[0]
-    monkeypatch.setattr(book, "code_hash", lambda: "pinned")  # as when the fixture ran
-    outcomes = book.run_profile("tiny", run_dir, progress=False, echo=lambda *a: None)
+    monkeypatch.setattr(runner, "code_hash", lambda: "pinned")  # as when the fixture ran
+    outcomes = runner.run_profile("tiny", run_dir, progress=False, echo=lambda *a: None)
     assert {o.status for o in outcomes} == {"up to date"}
 
 
@@ -71,7 +74,7 @@ def test_pretrain_notebook_records_loss_and_exports_torchvision_weights(tiny):
     assert np.isfinite(g["loss_first"]) and np.isfinite(g["loss_last"]) and g["loss_first"] > 0
     assert 0 <= g["knn_first"] <= 1 and 0 <= g["knn_last"] <= 1
     assert 0 <= g["linear_first"] <= 1 and 0 <= g["linear_last"] <= 1
-    exported = book.run_paths(run_dir).moco_backbone("resnet18")
+    exported = paths.run_paths(run_dir).moco_backbone("resnet18")
     torchvision.models.resnet18().load_state_dict(torch.load(exported, weights_only=True))
     log = pd.read_csv(exported.parent / "loss_log.csv")
     assert log["step"].max() == 3 and {"knn_auc", "linear_auc"} <= set(log)
@@ -201,7 +204,7 @@ def test_site_builds_with_results_page_table_and_figures(tiny):
 def test_stability_page_reads_the_pooled_seeds(tiny):
     run_dir = tiny[0]
     g = glued(run_dir, "08_stability")
-    recorded = book.project_root() / "book" / "recorded" / "seeds-quick"
+    recorded = paths.project_root() / "book" / "recorded" / "seeds-quick"
     per_seed = pd.read_csv(recorded / "per_seed.csv")
     assert g["n_seeds"] == per_seed["seed"].nunique() >= 2
     assert g["pooled_source"].startswith("the recorded batch")  # no seeds batch in the tiny run

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from mocoxr import book, cli
+from mocoxr import cli
+from mocoxr.book import __main__ as book_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -69,7 +70,7 @@ def test_console_command_is_the_book_cli(capsys, monkeypatch):
     entry = getattr(importlib.import_module(module), func)
     assert entry is cli.main
     seen = []
-    monkeypatch.setattr(book, "main", lambda argv: seen.append(list(argv)) or 7)
+    monkeypatch.setattr(book_cli, "main", lambda argv: seen.append(list(argv)) or 7)
     assert entry(["book", "run", "--profile", "tiny", "--force"]) == 7
     assert seen == [["run", "--profile", "tiny", "--force"]]
     monkeypatch.setattr(sys, "argv", ["mocoxr", "book", "status"])

@@ -8,7 +8,10 @@ import pytest
 import torch
 import yaml
 
-from mocoxr import augment, book, pairs, train
+from mocoxr import augment, notebook, pairs, train
+from mocoxr.book import paths
+from mocoxr.book.ipynb import notebook_parameters
+from mocoxr.book.profile import load_profile
 
 MEAN, STD = 0.5, 0.25
 
@@ -203,9 +206,9 @@ def test_pretrain_checks_the_sampler_against_config_and_checkpoint(tmp_path):
 
 def test_sampler_for_a_phantom_dataset_adds_training_laterals_only(tmp_path):
     run_dir = tmp_path / "run"
-    folder = book.chexpert_folder(run_dir, None, {"n_patients": 30, "n_valid_patients": 5,
+    folder = notebook.chexpert_folder(run_dir, None, {"n_patients": 30, "n_valid_patients": 5,
                                                   "image_size": 48})
-    ds = book.load_dataset(run_dir, "chexpert", folder, 32, {"fractions": [1.0], "draws": [1],
+    ds = notebook.load_dataset(run_dir, "chexpert", folder, 32, {"fractions": [1.0], "draws": [1],
                                                              "val_fraction": 0.2})
     assert pairs.sampler_for_dataset(run_dir, ds, folder, "image") is None
     s = pairs.sampler_for_dataset(run_dir, ds, folder, "same_study", True)
@@ -270,18 +273,18 @@ def test_comparison_table_and_recorded_round_trip(tmp_path):
 def test_pairs_profile_reuses_the_quick_settings():
     """The quick values are the notebooks' defaults; pairs overrides only what makes it compute
     and record the comparison."""
-    prof = yaml.safe_load(book.profile_path("pairs").read_text())
+    prof = yaml.safe_load(paths.profile_path("pairs").read_text())
     assert list(prof["notebooks"]) == ["01_data", "07_positive_pairs"]
     own = prof["parameters"]
     assert set(own) == {"recorded", "pairings", "record"} and own["recorded"] is None
     assert own["record"]["csv"] == "book/recorded/positive_pairs.csv"
     assert "--profile pairs" in own["record"]["command"]
-    quick_07 = book.load_profile("quick").run("07_positive_pairs")
+    quick_07 = load_profile("quick").run("07_positive_pairs")
     assert quick_07.parameters["recorded"] == own["record"]["csv"] and quick_07.deps == ["01_data"]
 
 
 def test_recorded_comparison_is_committed_with_its_command():
-    table, meta = pairs.read_recorded(book.project_root() / "book/recorded/positive_pairs.csv")
+    table, meta = pairs.read_recorded(paths.project_root() / "book/recorded/positive_pairs.csv")
     assert "--profile pairs" in meta["command"] and meta["git_commit"] and meta["code_hash"]
     assert set(table["pairing"]) >= {"image"} and len(set(table["pairing"])) == 3
     assert table["auc"].between(0, 1).all()
@@ -310,8 +313,8 @@ def test_command_line_pretraining_takes_positive_pairs_from_the_manifest(tmp_pat
 def test_chapter_pretrains_with_the_recipe_of_the_pretraining_chapter():
     """07 builds its PretrainConfig like 02 (same default dict): image-level pairs then land in
     02's finished folder, and a recipe change in 02 cannot silently leave 07 behind."""
-    nb = book.project_root() / "notebooks"
-    p02 = book.notebook_parameters(nb / "02_pretrain.py")["pretrain"]
-    p07 = book.notebook_parameters(nb / "07_positive_pairs.py")["pretrain"]
+    nb = paths.project_root() / "notebooks"
+    p02 = notebook_parameters(nb / "02_pretrain.py")["pretrain"]
+    p07 = notebook_parameters(nb / "07_positive_pairs.py")["pretrain"]
     assert p07 == p02
     assert not {"positive_pairs", "pair_laterals"} & set(p07)  # set per rule by the chapter

@@ -8,7 +8,10 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from mocoxr import book, evaluate, seeds
+from mocoxr import evaluate, seeds
+from mocoxr.book import __main__ as cli
+from mocoxr.book import paths, runner
+from mocoxr.book.profile import load_profile
 
 Z = stats.norm.ppf(0.975)
 
@@ -110,17 +113,17 @@ def test_run_seeds_runs_each_seed_in_its_folder_and_pools_only_when_all_finish(t
 
 def test_cli_seeds_batch_passes_each_seed_and_its_folder(tmp_path, monkeypatch):
     seen = []
-    prof = book.load_profile("quick")
+    prof = load_profile("quick")
 
     def fake_run_profile(profile, run_dir, overrides=None, select=None, **kw):
         kept = [r.notebook for r in prof.runs if select(r)]
         seen.append((run_dir, overrides, kept, kw.get("force")))
         if run_dir != tmp_path:
             _write_deltas(run_dir, 0.0)
-        return [book.Outcome(r, "ran") for r in kept]
+        return [runner.Outcome(r, "ran") for r in kept]
 
-    monkeypatch.setattr(book, "run_profile", fake_run_profile)
-    assert book.main(["run", "--profile", "quick", "--run-dir", str(tmp_path), "--seeds", "3", "4"]) == 0
+    monkeypatch.setattr(runner, "run_profile", fake_run_profile)
+    assert cli.main(["run", "--profile", "quick", "--run-dir", str(tmp_path), "--seeds", "3", "4"]) == 0
     pipeline = [r.notebook for r in prof.runs if r.notebook != "08_stability"]
     assert seen == [(tmp_path / "seed-3", {"seed": 3}, pipeline, False),
                     (tmp_path / "seed-4", {"seed": 4}, pipeline, False),
@@ -131,7 +134,7 @@ def test_cli_seeds_batch_passes_each_seed_and_its_folder(tmp_path, monkeypatch):
 def test_the_recorded_batch_is_what_its_per_seed_table_pools_to():
     """book/recorded/seeds-quick ships with the book: its pooled table must follow from its
     per-seed table by the code above (nobody edits numbers by hand)."""
-    folder = book.project_root() / "book" / "recorded" / "seeds-quick"
+    folder = paths.project_root() / "book" / "recorded" / "seeds-quick"
     rec = seeds.read_pooled(folder)
     shared = rec["source"]["shared_test_set"]
     again = seeds.pool_deltas(rec["per_seed"], shared)
@@ -162,22 +165,22 @@ def test_pooled_table_rows_and_auc_range():
 
 
 def test_the_stability_page_reruns_when_its_pooled_tables_change(tmp_path):
-    prof = book.load_profile("quick")
-    rd = book.run_paths(tmp_path)
-    before = book.run_keys(prof, rd)
+    prof = load_profile("quick")
+    rd = paths.run_paths(tmp_path)
+    before = runner.run_keys(prof, rd)
     _write_deltas(tmp_path / "seeds", 0.0)  # a seeds batch of this folder: read instead
     for name in ("per_seed.csv", "results.csv"):
         (tmp_path / "seeds" / name).write_text((tmp_path / "seeds" / "deltas.csv").read_text())
-    after = book.run_keys(prof, rd)
+    after = runner.run_keys(prof, rd)
     assert after["08_stability"] != before["08_stability"]
     assert all(after[r] == before[r] for r in before if r != "08_stability")
 
 
 def test_a_page_showing_a_recorded_table_reruns_when_the_table_changes(monkeypatch, tmp_path):
     (tmp_path / "rec.csv").write_text("a\n1\n")
-    monkeypatch.setattr(book, "project_root", lambda *a: tmp_path)
-    first = book._recorded_digest("rec.csv")
+    monkeypatch.setattr(paths, "project_root", lambda *a: tmp_path)
+    first = runner._recorded_digest("rec.csv")
     (tmp_path / "rec.json").write_text("{}")
-    second = book._recorded_digest("rec.csv")
+    second = runner._recorded_digest("rec.csv")
     (tmp_path / "rec.csv").write_text("a\n2\n")
-    assert len({first, second, book._recorded_digest("rec.csv")}) == 3
+    assert len({first, second, runner._recorded_digest("rec.csv")}) == 3

@@ -1,5 +1,5 @@
 """The built site of the tiny profile (the session fixture ``tiny``, built once) opened in
-headless Chromium (mocoxr.sitecheck): no request leaves the site or fails, math is rendered,
+headless Chromium (mocoxr.book.sitecheck): no request leaves the site or fails, math is rendered,
 every image loads, every internal link resolves, code fits the page. Skips, saying so, only
 when no Chromium is installed (.ci/run installs it). Also: no absolute path of this machine in
 any file of the site."""
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mocoxr import sitecheck
+from mocoxr.book import sitecheck
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

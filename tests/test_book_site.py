@@ -1,5 +1,6 @@
-"""Tests for mocoxr.site: what the site shows of an executed notebook (relative paths,
-parameters within 90 columns, no widget state), the time page, and the notebooks' code width."""
+"""Tests for mocoxr.book.site: what the site shows of an executed notebook (relative paths,
+parameters within 90 columns, no widget state), stale pages refused or marked, the time page,
+and the notebooks' code width."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mocoxr import book, site
+from book_project import run, run_folder_project, write_profile
+
+from mocoxr.book import runner, site
+from mocoxr.book.ipynb import read_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,7 +92,7 @@ def test_notebook_code_fits_the_page():
     replaces by the injected one) fits within CODE_WIDTH columns."""
     problems = {}
     for py in sorted((ROOT / "notebooks").glob("*.py")):
-        nb = json.loads(nbformat.writes(book.read_notebook(py)))
+        nb = json.loads(nbformat.writes(read_notebook(py)))
         long = site.long_code_lines(nb, skip_tags=("parameters",))
         if long:
             problems[py.name] = long
@@ -99,3 +103,29 @@ def test_long_lines_are_found():
     nb = {"cells": [{"cell_type": "code", "source": "x = 1\n" + "y" * 91, "metadata": {}},
                     {"cell_type": "code", "source": "z" * 95, "metadata": {"tags": ["remove-cell"]}}]}
     assert site.long_code_lines(nb) == ["cell 0: " + "y" * 91]
+
+
+def test_build_refuses_stale_pages_or_marks_them(tmp_path: Path):
+    proj = run_folder_project(tmp_path)
+    rd = tmp_path / "run"
+    profile = write_profile(proj, "parameters: {size: 2}\nnotebooks: {prep: {}}\n")
+    assert run(proj, profile, rd) == {"prep": "ran"}
+    profile = write_profile(proj, "parameters: {size: 3}\nnotebooks: {prep: {}}\n")
+    with pytest.raises(RuntimeError, match=r"stale \(prep\)"):
+        site.build_site(profile, rd, output=tmp_path / "out", root=proj, echo=lambda *a: None)
+    prof, paths = runner.open_run(profile, proj, rd)
+    assert runner.stale_runs(prof, paths) == ["prep"]
+    staged = site.stage_site(prof, paths, proj, echo=lambda *a: None, stale=["prep"])
+    text = (staged / "book" / "executed" / "prep.ipynb").read_text()
+    assert "This page is **stale**" in text
+    assert (staged / "_toc.yml").is_file() and (staged / "book" / "intro.md").is_file()
+    assert (staged / "book" / "time.md").is_file()
+
+
+def test_paper_results_file_names_its_source():
+    """The paper's numbers the results page compares with say where they come from."""
+    from mocoxr.book.paths import PACKAGE_DIR
+
+    (csv,) = PACKAGE_DIR.rglob("paper_results.csv")
+    head = csv.read_text().splitlines()[0]
+    assert head.startswith("#") and "MoCo-CXR" in head
