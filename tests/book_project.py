@@ -29,34 +29,38 @@ def empty_project(tmp_path: Path) -> Path:
     return root
 
 
+def project_with(tmp_path: Path, notebooks: dict[str, tuple[str, str]]) -> Path:
+    """:func:`empty_project` with stand-in notebooks ``{name: (parameters cell, body)}``."""
+    root = empty_project(tmp_path)
+    for name, (params, body) in notebooks.items():
+        write_nb(root / "notebooks" / f"{name}.py", params, body)
+    return root
+
+
 def abcd_project(tmp_path: Path) -> Path:
     """A tiny project: a writes a file, b may fail, c is independent of b, d needs b."""
-    root = empty_project(tmp_path)
-    nbs = root / "notebooks"
-    write_nb(nbs / "a.py", 'run_dir = "."\nsize = 1\nopts = {"x": 1, "y": 2}',
-             'from pathlib import Path\n(Path(run_dir) / "a.txt").write_text(f"{size} {opts}")')
-    write_nb(nbs / "b.py", 'run_dir = "."\nfail = False\nbackbone = "r18"',
-             'from pathlib import Path\nassert not fail, "b was told to fail"\n'
-             '(Path(run_dir) / f"b-{backbone}.txt").write_text("ok")')
-    write_nb(nbs / "c.py", 'run_dir = "."\nsize = 1',
-             'from pathlib import Path\n(Path(run_dir) / "c.txt").write_text("c")')
-    write_nb(nbs / "d.py", 'run_dir = "."\nbackbone = "r18"',
-             'from pathlib import Path\n(Path(run_dir) / f"d-{backbone}.txt").write_text("d")')
-    return root
+    return project_with(tmp_path, {
+        "a": ('run_dir = "."\nsize = 1\nopts = {"x": 1, "y": 2}',
+              'from pathlib import Path\n(Path(run_dir) / "a.txt").write_text(f"{size} {opts}")'),
+        "b": ('run_dir = "."\nfail = False\nbackbone = "r18"',
+              'from pathlib import Path\nassert not fail, "b was told to fail"\n'
+              '(Path(run_dir) / f"b-{backbone}.txt").write_text("ok")'),
+        "c": ('run_dir = "."\nsize = 1', 'from pathlib import Path\n(Path(run_dir) / "c.txt").write_text("c")'),
+        "d": ('run_dir = "."\nbackbone = "r18"',
+              'from pathlib import Path\n(Path(run_dir) / f"d-{backbone}.txt").write_text("d")'),
+    })
 
 
 def run_folder_project(tmp_path: Path) -> Path:
     """prep reads the data flags, slow sleeps, bad raises a two-line error."""
-    root = empty_project(tmp_path)
-    nbs = root / "notebooks"
-    write_nb(nbs / "prep.py", 'run_dir = "."\ndata_dir = None\nshenzhen_dir = None\nsize = 1',
-             'from pathlib import Path\n(Path(run_dir) / "prep.txt").write_text(f"{shenzhen_dir} {size}")')
-    write_nb(nbs / "slow.py", 'run_dir = "."\nseconds = 0',
-             'import time\nfrom pathlib import Path\ntime.sleep(seconds)\n'
-             'with open(Path(run_dir) / "slow.txt", "a") as fh:\n    fh.write("ran\\n")')
-    write_nb(nbs / "bad.py", 'run_dir = "."',
-             'raise ValueError("first line names the cause\\nsecond line: details")')
-    return root
+    return project_with(tmp_path, {
+        "prep": ('run_dir = "."\ndata_dir = None\nshenzhen_dir = None\nsize = 1',
+                 'from pathlib import Path\n(Path(run_dir) / "prep.txt").write_text(f"{shenzhen_dir} {size}")'),
+        "slow": ('run_dir = "."\nseconds = 0',
+                 'import time\nfrom pathlib import Path\ntime.sleep(seconds)\n'
+                 'with open(Path(run_dir) / "slow.txt", "a") as fh:\n    fh.write("ran\\n")'),
+        "bad": ('run_dir = "."', 'raise ValueError("first line names the cause\\nsecond line: details")'),
+    })
 
 
 def write_profile(root: Path, text: str, name: str = "p.yaml") -> Path:

@@ -44,23 +44,26 @@ def default_run_dir(profile_name: str, root: Path | None = None) -> Path:
     return (root or project_root()) / "runs" / profile_name
 
 
+def _below_root(name: str, doc: str) -> property:
+    return property(lambda self: self.root / name, doc=doc)
+
+
 @dataclass(frozen=True)
 class RunPaths:
-    """Layout of a run folder (see ../shared/DESIGN.md, and book/usage.md)."""
+    """Layout of a run folder (see book/usage.md)."""
 
     root: Path
 
-    @property
-    def executed(self) -> Path:
-        return self.root / "executed"
-
-    @property
-    def stamps(self) -> Path:
-        return self.root / "stamps"
-
-    @property
-    def failed(self) -> Path:
-        return self.root / "failed"
+    executed = _below_root("executed", "the executed notebooks, one per run")
+    stamps = _below_root("stamps", "one JSON stamp (key, parameters, seconds) per finished run")
+    failed = _below_root("failed", "the partial notebook of each failed run")
+    data = _below_root("data", "the generated embedded data (phantom trees)")
+    manifests = _below_root("manifests", "prepared manifests, splits and label-fraction subsets")
+    cache = _below_root("cache", "decoded image caches and feature caches")
+    checkpoints = _below_root("checkpoints", "pretraining folders and their pointers")
+    predictions = _below_root("predictions", "per-image test scores of every model")
+    results = _below_root("results.csv", "the AUC table of every experiment")
+    deltas = _below_root("deltas.csv", "the paired MoCo-minus-baseline differences")
 
     def executed_nb(self, run_id: str) -> Path:
         return self.executed / f"{run_id}.ipynb"
@@ -70,34 +73,6 @@ class RunPaths:
 
     def failed_nb(self, run_id: str) -> Path:
         return self.failed / f"{run_id}.ipynb"
-
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
-
-    @property
-    def manifests(self) -> Path:
-        return self.root / "manifests"
-
-    @property
-    def cache(self) -> Path:
-        return self.root / "cache"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def predictions(self) -> Path:
-        return self.root / "predictions"
-
-    @property
-    def results(self) -> Path:
-        return self.root / "results.csv"
-
-    @property
-    def deltas(self) -> Path:
-        return self.root / "deltas.csv"
 
     def moco_backbone(self, backbone: str) -> Path:
         """The exported (plain torchvision) MoCo-pretrained backbone that 02_pretrain recorded

@@ -143,15 +143,19 @@ def _check_run_overrides(path: Path, where: str, nb_name: str, rs: dict, default
 # ----------------------------------------------------------------------------- reading
 
 
-def _read_top(path: Path, overrides: dict[str, Any] | None) -> tuple[dict, dict, list[str], dict]:
-    """The profile's raw mapping, its shared parameters (``overrides`` applied), its
-    ``requires`` and its ``notebooks`` entries, each checked for shape."""
+def _parse_yaml(path: Path) -> Any:
     import yaml
 
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ProfileError(f"{path}: not valid YAML: {exc}") from None
+
+
+def _read_top(path: Path, overrides: dict[str, Any] | None) -> tuple[dict, dict, list[str], dict]:
+    """The profile's raw mapping, its shared parameters (``overrides`` applied), its
+    ``requires`` and its ``notebooks`` entries, each checked for shape."""
+    raw = _parse_yaml(path)
     if not isinstance(raw, dict):
         raise ProfileError(f"{path}: expected a mapping with keys {list(PROFILE_KEYS)}")
     _check_keys("", raw, PROFILE_KEYS, path)
