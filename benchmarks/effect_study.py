@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mocoxr import cache, data, experiments, phantom, train
+from mocoxr import data, experiments, phantom, train
 
 
 def main() -> None:
@@ -83,10 +83,10 @@ def main() -> None:
     draws = [int(d) for d in a.draws.split(",")]
     prep = data.prepare_chexpert(folder, work / "manifests" / data_key, fractions=fractions,
                                  draws=draws, seed=a.seed)
-    images = cache.load_image_cache(list(prep.manifest["path"]), a.image_size,
+    images = data.load_image_cache(list(prep.manifest["path"]), a.image_size,
                                     work / "cache" / f"{data_key}_{a.image_size}.npy")
     train_rows = prep.rows("train")
-    mean, std = cache.image_stats(images, train_rows)
+    mean, std = data.image_stats(images, train_rows)
     t_data = time.time() - t0
 
     cfg = train.PretrainConfig(backbone=a.backbone, init="random", image_size=a.image_size,

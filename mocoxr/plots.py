@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 MEAN_DRAW = -1  # experiments.MEAN_DRAW: the draw-averaged row of each (experiment, init, fraction)
-PAPER_RESULTS = Path(__file__).resolve().parent / "data" / "paper_results.csv"
+PAPER_RESULTS = Path(__file__).resolve().parent / "resources" / "paper_results.csv"
 INIT_COLOURS = {"moco": "C0", "random": "C1", "imagenet": "C1"}
 EXPERIMENT_TITLES = {
     "linear": "Linear probe",

@@ -12,7 +12,7 @@
 # This page collects every AUC and every paired difference the earlier notebooks wrote to the
 # run folder's `results.csv` and `deltas.csv` (both are served beside this site), and sets them
 # next to the values published in the paper (Sowrirajan et al., MIDL 2021; read off the figures
-# of the authors' repository, packaged as `mocoxr/data/paper_results.csv`).
+# of the authors' repository, packaged as `mocoxr/resources/paper_results.csv`).
 #
 # :::{important}
 # **The embedded synthetic data is not CheXpert.** When this book is built by `make book`, the

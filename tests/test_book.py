@@ -329,7 +329,9 @@ def test_pairing_check_catches_an_out_of_sync_pair(tmp_path: Path):
 
 
 def test_paper_results_file_names_its_source():
-    head = book.PAPER_RESULTS.read_text().splitlines()[0]
+    from mocoxr import plots
+
+    head = plots.PAPER_RESULTS.read_text().splitlines()[0]
     assert head.startswith("#") and "MoCo-CXR" in head
 
 

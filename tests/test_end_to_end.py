@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mocoxr import cache, data, evaluate, experiments, phantom, train
+from mocoxr import data, evaluate, experiments, phantom, train
 
 SIZE = 32
 BACKBONE = "resnet18"
@@ -21,8 +21,8 @@ BACKBONE = "resnet18"
 
 
 def load(prep: data.PreparedDataset, cache_file: Path):
-    images = cache.load_image_cache(list(prep.manifest["path"]), SIZE, cache_file)
-    mean, std = cache.image_stats(images, prep.rows("train"))
+    images = data.load_image_cache(list(prep.manifest["path"]), SIZE, cache_file)
+    mean, std = data.image_stats(images, prep.rows("train"))
     return images, mean, std
 
 
