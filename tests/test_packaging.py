@@ -28,7 +28,7 @@ def declared() -> dict[str, Requirement]:
 def imported_modules() -> set[str]:
     """Top-level names imported anywhere in mocoxr/ (module level or inside functions)."""
     names = set()
-    for py in (ROOT / "mocoxr").glob("*.py"):
+    for py in (ROOT / "mocoxr").rglob("*.py"):
         for node in ast.walk(ast.parse(py.read_text())):
             if isinstance(node, ast.Import):
                 names |= {a.name.split(".")[0] for a in node.names}
