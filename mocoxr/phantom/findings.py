@@ -241,7 +241,7 @@ def focal_findings(fr: Frame, ch: Chest, A: np.ndarray, tb_centres: list[tuple[f
         pts.append(np.array([[sd * r.uniform(0.55, 0.70), cy]]))
         wts.append(np.array([0.08 + 0.08 * frc]))
     if pts:
-        A += splat(fr.h, fr.w, fr.s, fr.to_image(np.vstack(pts)), np.concatenate(wts) * 1.0,
+        A += splat(fr.h, fr.w, fr.s, fr.to_image(np.vstack(pts)), np.concatenate(wts),
                    0.011 * fr.acq["scale"])
 
 

@@ -63,6 +63,7 @@ def tone(A: np.ndarray, acq: dict, rng: np.random.Generator, s: float) -> np.nda
 
 
 def check_findings(findings: Mapping[str, float] | None) -> dict[str, float]:
+    """A float copy of ``findings``; unknown keys or severities outside [0, 1] raise ValueError."""
     f = dict(findings or {})
     bad = sorted(set(f) - set(FINDING_KEYS))
     if bad:

@@ -16,6 +16,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from mocoxr import store
 from mocoxr.data import CHEXPERT_OBSERVATIONS
 from mocoxr.phantom.population import PhantomPopulation, make_population
 from mocoxr.phantom.records import (CHEXPERT_DIRNAME, VALID_FIRST_PATIENT, sample_chexpert_records,
@@ -221,7 +222,7 @@ def generate_shenzhen_tree(out_dir: str | os.PathLike, n_images: int = 662,
         if sidecar.exists():
             sidecar.unlink()
         _replace_dir(tmp, final, ours)
-        sidecar.write_text(json.dumps(params, indent=1, sort_keys=True))
+        store.atomic_write_text(sidecar, json.dumps(params, indent=1, sort_keys=True))
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
     return out
