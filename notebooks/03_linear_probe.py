@@ -56,7 +56,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import display
 
-from mocoxr import book, evaluate, experiments, plots
+from mocoxr import book, evaluate, experiments, plots, tables
 
 paths = book.run_paths(run_dir)
 book.glue("backbone_name", backbone)
@@ -81,7 +81,7 @@ res = experiments.run_linear_experiment(
 dl = experiments.compute_deltas(paths.root, "linear", backbone, ("moco", baseline),
                                 n_boot=n_boot, seed=seed)
 dl = dl[dl["label_fraction"].isin(res["label_fraction"].unique())]
-summary = plots.mean_rows(res, "linear", backbone)
+summary = tables.mean_rows(res, "linear", backbone)
 display(summary.pivot(index="label_fraction", columns="init", values="auc")
         .style.format("{:.3f}"))
 
@@ -112,7 +112,7 @@ display(dl.style.format(signed).hide(axis="index"))
 f_small, f_large = float(dl["label_fraction"].min()), float(dl["label_fraction"].max())
 for tag, f in (("small", f_small), ("large", f_large)):
     row = dl[np.isclose(dl["label_fraction"], f)].iloc[0]
-    book.glue(f"frac_{tag}", plots.pct(f))
+    book.glue(f"frac_{tag}", tables.pct(f))
     book.glue(f"delta_{tag}", float(row["delta"]))
     book.glue(f"delta_{tag}_lo", float(row["ci_low"]))
     book.glue(f"delta_{tag}_hi", float(row["ci_high"]))
@@ -162,7 +162,7 @@ plt.show()
 # %%
 curves = {}
 for f in (f_small, f_large):
-    curves[f"{plots.pct(f)} of labels"] = {
+    curves[f"{tables.pct(f)} of labels"] = {
         init: evaluate.load_predictions(paths.predictions, "linear", backbone, init,
                                         f, 0)[1:]
         for init in backbones

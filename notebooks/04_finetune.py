@@ -56,7 +56,7 @@ import numpy as np
 import pandas as pd
 from IPython.display import display
 
-from mocoxr import book, evaluate, experiments, plots, train
+from mocoxr import book, evaluate, experiments, plots, tables, train
 
 paths = book.run_paths(run_dir)
 book.glue("backbone_name", backbone)
@@ -67,7 +67,7 @@ epochs = {f: min(train.probe_epochs(f), finetune["max_epochs"] or 10**9)
           for f in chexpert["fractions"]}
 fractions = finetune["fractions"] or chexpert["fractions"]
 keep = (min(fractions), max(fractions))  # models kept for Grad-CAM and calibration
-print("epochs per label fraction:", {plots.pct(f): e for f, e in epochs.items()})
+print("epochs per label fraction:", {tables.pct(f): e for f, e in epochs.items()})
 
 # %% [markdown]
 # ## Fine-tune every (init, label fraction, draw)
@@ -84,7 +84,7 @@ res = experiments.run_finetune_experiment(
 dl = experiments.compute_deltas(paths.root, "finetune", backbone, ("moco", baseline),
                                 n_boot=n_boot, seed=seed)
 dl = dl[dl["label_fraction"].isin(res["label_fraction"].unique())]
-summary = plots.mean_rows(res, "finetune", backbone)
+summary = tables.mean_rows(res, "finetune", backbone)
 display(summary.pivot(index="label_fraction", columns="init", values="auc")
         .style.format("{:.3f}"))
 
@@ -116,7 +116,7 @@ display(dl.style.format(signed).hide(axis="index"))
 f_small, f_large = float(dl["label_fraction"].min()), float(dl["label_fraction"].max())
 for tag, f in (("small", f_small), ("large", f_large)):
     row = dl[np.isclose(dl["label_fraction"], f)].iloc[0]
-    book.glue(f"frac_{tag}", plots.pct(f))
+    book.glue(f"frac_{tag}", tables.pct(f))
     book.glue(f"delta_{tag}", float(row["delta"]))
     book.glue(f"delta_{tag}_lo", float(row["ci_low"]))
     book.glue(f"delta_{tag}_hi", float(row["ci_high"]))
@@ -145,7 +145,7 @@ book.glue("auc_best_full", float(summary.loc[full, "auc"].max()))
 # %%
 curves = {}
 for f in (f_small, f_large):
-    curves[f"{plots.pct(f)} of labels"] = {
+    curves[f"{tables.pct(f)} of labels"] = {
         init: evaluate.load_predictions(paths.predictions, "finetune", backbone, init,
                                         f, 0)[1:]
         for init in backbones
@@ -184,7 +184,7 @@ plt.show()
 
 # %% tags=["hide-input"]
 # numbers for the text below
-book.glue("cam_frac", plots.pct(f_large))
+book.glue("cam_frac", tables.pct(f_large))
 book.glue("cam_n", int(len(pos)))
 if masks is not None:
     loc = saliency.localisation_table(cams, masks).set_index("init")
@@ -227,7 +227,7 @@ for f in (f_small, f_large):
                                                       backbone, init, f, 0)
         cal_inputs[init, f] = (y_val, p_val, y_test, p_test)
 cal = calibration.calibration_table(cal_inputs)
-cal["model"] = [f"{init}, {plots.pct(f)} of labels" for init, f in cal_inputs]
+cal["model"] = [f"{init}, {tables.pct(f)} of labels" for init, f in cal_inputs]
 display(cal.style.format({"temperature": "{:.2f}", "ece_before": "{:.3f}",
                           "ece_after": "{:.3f}"}).hide(axis="index"))
 curves = {}
@@ -237,7 +237,7 @@ for init in backbones:
     curves[f"{init}, before"] = (y_t, p_t)
     curves[f"{init}, after (T = {t:.2f})"] = (y_t, calibration.apply_temperature(p_t, t))
 fig = calibration.plot_reliability(curves,
-                                   title=f"Test set, {plots.pct(f_large)} of labels")
+                                   title=f"Test set, {tables.pct(f_large)} of labels")
 plt.show()
 
 # %% tags=["hide-input"]

@@ -50,7 +50,7 @@ import numpy as np
 import pandas as pd
 from IPython.display import display
 
-from mocoxr import book, evaluate, experiments, plots
+from mocoxr import book, evaluate, experiments, plots, tables
 
 paths = book.run_paths(run_dir)
 book.glue("backbone_name", backbone)
@@ -82,11 +82,11 @@ dl = pd.concat([
 dl = dl[dl["label_fraction"].isin(res["label_fraction"].unique())]
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+fig, axes = plots.panels(2)
 plots.auc_vs_fraction(res, "shenzhen_linear", backbone, ax=axes[0])
 plots.auc_vs_fraction(res, "shenzhen_finetune", backbone, ax=axes[1])
-plots.delta_plot(dl, ["shenzhen_linear", "shenzhen_finetune"], backbone, ax=axes[2])
-fig.tight_layout()
+plt.show()
+fig = plots.delta_plot(dl, ["shenzhen_linear", "shenzhen_finetune"], backbone)
 plt.show()
 signed = {"delta": "{:+.3f}", "ci_low": "{:+.3f}", "ci_high": "{:+.3f}"}
 display(dl.style.format(signed).hide(axis="index"))
@@ -100,12 +100,12 @@ for exp, tag in (("shenzhen_linear", "lin"), ("shenzhen_finetune", "ft")):
     book.glue(f"{tag}_delta_small", float(row["delta"]))
     book.glue(f"{tag}_delta_small_lo", float(row["ci_low"]))
     book.glue(f"{tag}_delta_small_hi", float(row["ci_high"]))
-    s = plots.mean_rows(res, exp, backbone)
+    s = tables.mean_rows(res, exp, backbone)
     for init in ("moco", baseline):
         r = s[(s["init"] == init) & np.isclose(s["label_fraction"], f_small)].iloc[0]
         name = "moco" if init == "moco" else "base"
         book.glue(f"{tag}_auc_{name}_small", float(r["auc"]))
-book.glue("frac_small", plots.pct(f_small))
+book.glue("frac_small", tables.pct(f_small))
 book.glue("baseline", baseline)
 book.glue("n_test", int(len(sz.prepared.rows("test"))))
 
@@ -124,7 +124,7 @@ book.glue("n_test", int(len(sz.prepared.rows("test"))))
 # %%
 curves = {}
 for exp in ("shenzhen_linear", "shenzhen_finetune"):
-    curves[f"{plots.EXPERIMENT_TITLES[exp]}, {plots.pct(f_small)}"] = {
+    curves[f"{tables.EXPERIMENT_TITLES[exp]}, {tables.pct(f_small)}"] = {
         init: evaluate.load_predictions(paths.predictions, exp, backbone, init,
                                         f_small, 0)[1:]
         for init in backbones
