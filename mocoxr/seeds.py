@@ -37,7 +37,7 @@ import pandas as pd
 from scipy import stats
 
 from mocoxr import evaluate, store
-from mocoxr.experiments import MEAN_DRAW
+from mocoxr.evaluate import MEAN_DRAW
 
 __all__ = ["POOLED_COLUMNS", "seed_dir", "pooled_interval", "pool_deltas", "pool_results",
            "pool_seed_folders", "read_pooled", "find_pooled", "verdict", "pooled_table", "pooled_row",

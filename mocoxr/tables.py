@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from mocoxr.experiments import MEAN_DRAW
+from mocoxr.evaluate import MEAN_DRAW
 
 PAPER_RESULTS = Path(__file__).resolve().parent / "resources" / "paper_results.csv"
 EXPERIMENT_TITLES = {

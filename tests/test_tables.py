@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mocoxr import experiments, tables
+from mocoxr import evaluate, tables
 
 
 def fake_results() -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -16,7 +16,7 @@ def fake_results() -> tuple[pd.DataFrame, pd.DataFrame]:
     for exp in ("linear", "finetune"):
         for f, base in ((0.01, 0.6), (1.0, 0.8)):
             for init, bump in (("moco", 0.1), ("random", 0.0)):
-                for draw in (0, 1, experiments.MEAN_DRAW):
+                for draw in (0, 1, evaluate.MEAN_DRAW):
                     auc = base + bump + (0.01 * draw if draw >= 0 else 0.0)
                     rows.append(dict(experiment=exp, backbone="resnet18", init=init, label_fraction=f,
                                      draw=draw, auc=auc, ci_low=auc - 0.05, ci_high=auc + 0.05,
@@ -57,7 +57,7 @@ def test_paper_results_are_the_published_figures():
 def test_mean_rows_are_the_draw_averaged_rows():
     res, _ = fake_results()
     m = tables.mean_rows(res, "linear", "resnet18")
-    assert len(m) == 4 and (m["draw"] == experiments.MEAN_DRAW).all()
+    assert len(m) == 4 and (m["draw"] == evaluate.MEAN_DRAW).all()
     assert list(m["init"]) == ["moco", "moco", "random", "random"]
     assert list(m["label_fraction"]) == [0.01, 1.0, 0.01, 1.0]
     assert tables.mean_rows(res, "linear", "densenet121").empty
