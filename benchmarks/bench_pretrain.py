@@ -12,7 +12,7 @@ JPEG files in the real layout) and train the same ``mocoxr.moco.MoCo`` (random i
 ``--queue``, Adam lr 1e-4, wd 1e-4) on the same rows:
 
 (a) **fast path** = ``mocoxr.train.pretrain`` as the notebooks call it: the JPEGs decoded once
-    into the uint8 memmap cache (``mocoxr.cache``; its build time is reported separately),
+    into the uint8 memmap cache (``mocoxr.data.cache``; its build time is reported separately),
     batches read by a background thread (pinned, non-blocking copies on CUDA), augmentations
     batched on the device (``augment.augment_batch``), bf16 autocast on CUDA, channels_last on
     CUDA and CPU, optionally ``torch.compile`` (``--compile``).
@@ -53,7 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
-from mocoxr import cache, data, experiments, moco, phantom, train  # noqa: E402
+from mocoxr import data, experiments, moco, phantom, train  # noqa: E402
 
 PRESETS: dict[str, dict] = {
     # 2 shared CPU cores: small images and batch, one backbone
@@ -106,10 +106,10 @@ def make_data(work: Path, size: int, patients: int, workers: int) -> dict:
     prepared = data.prepare_chexpert(cdir, work / "prepared")
     paths = prepared.manifest["path"].tolist()
     t0 = time.perf_counter()
-    images = cache.load_image_cache(paths, size, work / f"cache_{size}px.npy", workers=workers)
+    images = data.load_image_cache(paths, size, work / f"cache_{size}px.npy", workers=workers)
     t_cache = time.perf_counter() - t0
     train_rows = prepared.rows("train")
-    mean, std = cache.image_stats(images, train_rows)
+    mean, std = data.image_stats(images, train_rows)
     return {"prepared": prepared, "images": images, "paths": np.asarray(paths),
             "train_rows": train_rows, "mean": mean, "std": std, "phantom_s": t_phantom,
             "cache_s": t_cache}

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mocoxr import cache, data, experiments, phantom, train
+from mocoxr import data, evaluate, experiments, phantom, train
 
 
 def main() -> None:
@@ -83,10 +83,10 @@ def main() -> None:
     draws = [int(d) for d in a.draws.split(",")]
     prep = data.prepare_chexpert(folder, work / "manifests" / data_key, fractions=fractions,
                                  draws=draws, seed=a.seed)
-    images = cache.load_image_cache(list(prep.manifest["path"]), a.image_size,
+    images = data.load_image_cache(list(prep.manifest["path"]), a.image_size,
                                     work / "cache" / f"{data_key}_{a.image_size}.npy")
     train_rows = prep.rows("train")
-    mean, std = cache.image_stats(images, train_rows)
+    mean, std = data.image_stats(images, train_rows)
     t_data = time.time() - t0
 
     cfg = train.PretrainConfig(backbone=a.backbone, init="random", image_size=a.image_size,
@@ -138,14 +138,14 @@ def main() -> None:
             head_warmup_epochs=a.finetune_head_warmup,
             encoder_lr_scale=a.finetune_encoder_lr_scale)
         t_ft = time.time() - t3
-        ft = ft[ft["draw"] == experiments.MEAN_DRAW]
+        ft = ft[ft["draw"] == evaluate.MEAN_DRAW]
         ft_deltas = experiments.compute_deltas(res_dir, "finetune", a.backbone, n_boot=1000,
                                                seed=a.seed) if not a.skip_random_finetune else None
         print(f"[{a.tag}] finetune ({t_ft:.0f}s): " + " | ".join(
             f"{r.init} f={r.label_fraction:g}: {r.auc:.3f} [{r.ci_low:.3f},{r.ci_high:.3f}]"
             for r in ft.itertuples()), flush=True)
     res = pd.read_csv(res_dir / "results.csv")
-    res = res[(res["draw"] == experiments.MEAN_DRAW) & (res["experiment"] == "linear")]
+    res = res[(res["draw"] == evaluate.MEAN_DRAW) & (res["experiment"] == "linear")]
     summary = {"tag": a.tag,
                "command": "python benchmarks/effect_study.py " + shlex.join(sys.argv[1:]), **{k: v for k, v in vars(a).items() if k not in ("tag", "workdir")},
                "n_train": len(train_rows), "n_test": len(prep.rows("test")),

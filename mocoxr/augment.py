@@ -223,7 +223,7 @@ def augment_batch(
 def to_model_input(x01: torch.Tensor, mean: float, std: float) -> torch.Tensor:
     """(B,1,H,W) in [0, 1] -> (B,3,H,W) ``(x - mean) / std`` with the channel replicated.
 
-    ``mean`` and ``std`` are the dataset's own statistics in [0, 1] units (``cache.image_stats``),
+    ``mean`` and ``std`` are the dataset's own statistics in [0, 1] units (``data.image_stats``),
     not ImageNet's; the three channels are identical, as torchvision backbones expect RGB.
     """
     if x01.ndim != 4 or x01.shape[1] != 1:

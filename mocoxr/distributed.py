@@ -43,7 +43,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from mocoxr import cache, pairs, train
+from mocoxr import data, pairs, train
 
 __all__ = ["parse_sets", "make_config", "load_rows", "env_world", "main"]
 
@@ -163,11 +163,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         images_path = Path(args.images)
         if not images_path.is_file():
             raise FileNotFoundError(f"--images {images_path}: no such file (build it with "
-                                    "mocoxr.cache.load_image_cache)")
+                                    "mocoxr.data.load_image_cache)")
         images = np.load(images_path, mmap_mode="r")
         rows = load_rows(len(images), args.rows, args.manifest, args.split)
         if args.mean is None or args.std is None:
-            mean, std = cache.image_stats(images, rows)
+            mean, std = data.image_stats(images, rows)
         else:
             mean, std = float(args.mean), float(args.std)
         out = Path(args.out)

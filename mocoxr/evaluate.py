@@ -29,6 +29,7 @@ DELTAS_COLUMNS = [
     "experiment", "backbone", "label_fraction", "comparison", "delta", "ci_low", "ci_high",
 ]
 RESULTS_KEY = ["experiment", "backbone", "init", "label_fraction", "draw"]
+MEAN_DRAW = -1  # the ``draw`` of the draw-averaged row of each (experiment, backbone, init, fraction)
 DELTAS_KEY = ["experiment", "backbone", "label_fraction", "comparison"]
 
 

@@ -32,7 +32,6 @@ import torch
 
 from mocoxr import evaluate, keys, models, store, train
 
-MEAN_DRAW = -1
 EXPERIMENTS = ("linear", "finetune", "shenzhen_linear", "shenzhen_finetune")
 
 
@@ -101,7 +100,7 @@ def _score_rows(experiment: str, backbone: str, init: str, fraction: float,
                 draws: list[int], scores: list[np.ndarray], n_train: list[int],
                 y_test: np.ndarray, n_boot: int, seed: int,
                 progress: bool = False) -> list[dict]:
-    """One results row per draw plus the draw-averaged row (draw = MEAN_DRAW); with
+    """One results row per draw plus the draw-averaged row (draw = evaluate.MEAN_DRAW); with
     ``progress`` the mean AUC is printed."""
     base = {"experiment": experiment, "backbone": backbone, "init": init,
             "label_fraction": float(fraction), "n_test": int(len(y_test))}
@@ -111,7 +110,7 @@ def _score_rows(experiment: str, backbone: str, init: str, fraction: float,
         out.append({**base, "draw": int(d), "auc": auc, "ci_low": lo, "ci_high": hi,
                     "n_train": int(n)})
     auc, lo, hi = evaluate.bootstrap_auc(y_test, np.stack(scores), n_boot=n_boot, seed=seed)
-    out.append({**base, "draw": MEAN_DRAW, "auc": auc, "ci_low": lo, "ci_high": hi,
+    out.append({**base, "draw": evaluate.MEAN_DRAW, "auc": auc, "ci_low": lo, "ci_high": hi,
                 "n_train": int(round(float(np.mean(n_train))))})
     if progress:
         print(f"{experiment} {backbone} {init} f={fraction:g}: mean AUC {auc:.3f} "
@@ -320,7 +319,7 @@ def compute_deltas(out_dir: str | Path, experiment: str, backbone: str,
         raise FileNotFoundError(f"no results table at {results_path}: run an experiment first")
     res = pd.read_csv(results_path)
     res = res[(res["experiment"] == experiment) & (res["backbone"] == backbone)
-              & (res["draw"] != MEAN_DRAW)]
+              & (res["draw"] != evaluate.MEAN_DRAW)]
     rows = []
     for f in sorted(res["label_fraction"].unique()):
         at_f = res[np.isclose(res["label_fraction"], f)]

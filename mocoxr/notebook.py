@@ -91,17 +91,17 @@ def load_dataset(
     """Prepare ``chexpert`` or ``shenzhen`` (manifests reused when unchanged), decode its images
     once into ``<run_dir>/cache/<name>_<size>px.npy`` and compute mean/std on the train split.
     ``options``: keyword arguments of ``data.prepare_chexpert``/``prepare_shenzhen``."""
-    from mocoxr import cache, data
+    from mocoxr import data
 
     paths = run_paths(run_dir)
     prepare = {"chexpert": data.prepare_chexpert, "shenzhen": data.prepare_shenzhen}
     if name not in prepare:
         raise ValueError(f"dataset name must be 'chexpert' or 'shenzhen', got {name!r}")
     prepared = prepare[name](folder, paths.manifests, seed=seed, **(options or {}))
-    images = cache.load_image_cache(
+    images = data.load_image_cache(
         prepared.manifest["path"].tolist(), image_size, paths.cache / f"{name}_{image_size}px.npy"
     )
-    mean, std = cache.image_stats(images, prepared.rows("train"))
+    mean, std = data.image_stats(images, prepared.rows("train"))
     fingerprint = keys.sha([keys.array_digest(images), name, int(image_size)])[:16]
     return Dataset(prepared, images, mean, std, fingerprint, int(image_size))
 
@@ -205,7 +205,7 @@ def glue_effect(deltas: Any, summary: Any, baseline: str, prefixes: dict[str, st
     (``large``) label fraction of ``deltas``, for the prose of a results page.
 
     ``deltas``: paired-difference rows (``experiments.compute_deltas``); ``summary``: the
-    draw-averaged AUC rows (``plots.mean_rows``) of the same experiments; ``prefixes``: the
+    draw-averaged AUC rows (``tables.mean_rows``) of the same experiments; ``prefixes``: the
     prefix of each experiment's names (default: the only experiment of ``deltas``, no prefix).
     Glues ``frac_<tag>`` (as a percentage), ``baseline``, and per experiment
     ``<prefix>delta_<tag>``, ``<prefix>delta_<tag>_lo``/``_hi`` (its 95% CI) and
@@ -213,7 +213,7 @@ def glue_effect(deltas: Any, summary: Any, baseline: str, prefixes: dict[str, st
     """
     import numpy as np
 
-    from mocoxr import plots
+    from mocoxr import tables
 
     if prefixes is None:
         found = sorted(set(deltas["experiment"]))
@@ -222,7 +222,7 @@ def glue_effect(deltas: Any, summary: Any, baseline: str, prefixes: dict[str, st
         prefixes = {found[0]: ""}
     fractions = {tag: float(FRACTION_TAGS[tag](deltas["label_fraction"])) for tag in tags}
     for tag, f in fractions.items():
-        glue(f"frac_{tag}", plots.pct(f))
+        glue(f"frac_{tag}", tables.pct(f))
         for experiment, prefix in prefixes.items():
             d = deltas[deltas["experiment"] == experiment]
             row = d[np.isclose(d["label_fraction"], f)].iloc[0]

@@ -223,7 +223,7 @@ def lateral_manifest(folder: str | Path, manifest: pd.DataFrame, rows: np.ndarra
     from mocoxr import data
 
     cdir = data.find_chexpert_dir(folder)
-    csv = data._find_csv(cdir, "train")
+    csv = data.find_csv(cdir, "train")
     if csv is None:
         raise FileNotFoundError(f"{cdir}: no train.csv or train.csv.gz to read lateral views from")
     df = data.read_chexpert_csv(csv, target=target, uncertain_policy=uncertain_policy,
@@ -245,7 +245,7 @@ def sampler_for_dataset(run_dir: str | Path, ds: Any, folder: str | Path, positi
     dataset manifest, its splits and every later step stay frontal-only). ``chexpert``: the
     ``prepare_chexpert`` options (its target and uncertain policy are used).
     """
-    from mocoxr import cache
+    from mocoxr import data
     from mocoxr.book.paths import run_paths
 
     check_mode(positive_pairs, pair_laterals)
@@ -261,8 +261,8 @@ def sampler_for_dataset(run_dir: str | Path, ds: Any, folder: str | Path, positi
         lat.to_csv(paths.manifests / "chexpert_laterals.csv", index=False)
         if len(lat):
             size = int(ds.images.shape[1])
-            lat_images = cache.load_image_cache(lat["path"].tolist(), size,
-                                                paths.cache / f"chexpert_laterals_{size}px.npy")
+            lat_images = data.load_image_cache(lat["path"].tolist(), size,
+                                               paths.cache / f"chexpert_laterals_{size}px.npy")
     table = candidate_table(ds.manifest, rows, positive_pairs, pair_laterals, lat)
     return PairSampler(positive_pairs, pair_laterals, table, ds.images, lat_images)
 

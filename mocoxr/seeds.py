@@ -37,6 +37,7 @@ import pandas as pd
 from scipy import stats
 
 from mocoxr import evaluate, store
+from mocoxr.evaluate import MEAN_DRAW
 
 __all__ = ["POOLED_COLUMNS", "seed_dir", "pooled_interval", "pool_deltas", "pool_results",
            "pool_seed_folders", "read_pooled", "find_pooled", "verdict", "pooled_table", "pooled_row",
@@ -45,7 +46,6 @@ __all__ = ["POOLED_COLUMNS", "seed_dir", "pooled_interval", "pool_deltas", "pool
 POOLED_COLUMNS = [*evaluate.DELTAS_COLUMNS, "n_seeds", "seed_sd"]
 PER_SEED_COLUMNS = ["seed", *evaluate.DELTAS_COLUMNS]
 _Z = float(stats.norm.ppf(0.975))
-MEAN_DRAW = -1  # experiments.MEAN_DRAW: the draw-averaged row
 
 
 def seed_dir(base: str | Path, seed: int) -> Path:

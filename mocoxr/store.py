@@ -1,7 +1,10 @@
 """Safe writes to a run folder: atomic replacement, file locks, and one-line storage errors.
 
 - :func:`atomic_write` writes a temporary sibling, fsyncs it and ``os.replace``-s it, so a
-  reader (or a run killed half-way) never sees a partial file.
+  reader (or a run killed half-way) never sees a partial file (:func:`atomic_path` for writers
+  that need a file name, such as ``np.lib.format.open_memmap``).
+- :func:`reuse_or_build` (with :func:`sidecar_matches` and :func:`write_sidecar`) is the one
+  "reuse the outputs when their JSON sidecar equals the key, else rebuild them" rule.
 - :func:`file_lock` is an exclusive ``fcntl.flock`` on ``<path>.lock``, re-entrant within a
   process: every read-modify-write of a shared table (``results.csv``, ``deltas.csv``) runs
   under it, so two processes upserting rows never lose each other's rows.
@@ -18,11 +21,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
+
+T = TypeVar("T")
 
 _CAUSES = {
     errno.ENOSPC: "no space left on the device (disk full)",
@@ -68,25 +74,76 @@ def writing(path: str | Path) -> Iterator[None]:
         raise err from None
 
 
-def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Write through ``write(fileobj)`` to a temporary sibling, fsync, then ``os.replace``."""
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` to write by name; when the block ends without an
+    error it is fsynced and ``os.replace``-d onto ``path``. It never outlives the block, and
+    storage failures read as one :class:`StorageError` line."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}-{threading.get_ident()}")
     with writing(path):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, mode) as fh:
-                write(fh)
-                fh.flush()
-                os.fsync(fh.fileno())
+            yield tmp
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(tmp, path)
         finally:
             with contextlib.suppress(OSError):
                 tmp.unlink()
 
 
+def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Write through ``write(fileobj)`` to a temporary sibling, fsync, then ``os.replace``."""
+    with atomic_path(path) as tmp, open(tmp, mode) as fh:
+        write(fh)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda fh: fh.write(text), mode="w")
+
+
+def _as_json(key: Mapping[str, Any]) -> Any:
+    return json.loads(json.dumps(key))
+
+
+def sidecar_matches(sidecar: str | Path, key: Mapping[str, Any],
+                    outputs: Sequence[str | Path] = ()) -> bool:
+    """True when ``sidecar`` and every file in ``outputs`` exist and the sidecar's JSON equals
+    ``key`` (compared as JSON, so tuples equal lists); unreadable or corrupt JSON is False."""
+    sidecar = Path(sidecar)
+    if not all(Path(p).is_file() for p in (sidecar, *outputs)):
+        return False
+    try:
+        return json.loads(sidecar.read_text()) == _as_json(key)
+    except (OSError, ValueError):
+        return False
+
+
+def write_sidecar(sidecar: str | Path, key: Mapping[str, Any]) -> None:
+    """Write ``key`` to ``sidecar`` as ``json.dumps(key, indent=2)``, atomically."""
+    atomic_write_text(sidecar, json.dumps(_as_json(key), indent=2))
+
+
+def reuse_or_build(sidecar: str | Path, key: Mapping[str, Any], outputs: Sequence[str | Path],
+                   load: Callable[[], T | None], build: Callable[[], None]) -> T:
+    """Return ``load()`` when :func:`sidecar_matches` and ``load()`` gives a value (None, or a
+    ValueError/KeyError/OSError, counts as stale); otherwise delete the sidecar, ``build()`` the
+    ``outputs`` (each written atomically), write the sidecar last and return ``load()``."""
+    if sidecar_matches(sidecar, key, outputs):
+        try:
+            value = load()
+        except (ValueError, KeyError, OSError):
+            value = None
+        if value is not None:
+            return value
+    Path(sidecar).unlink(missing_ok=True)
+    build()
+    write_sidecar(sidecar, key)
+    return load()
 
 
 _held: dict[str, list] = {}  # lock path -> [fd, depth]

@@ -49,7 +49,7 @@ import numpy as np
 import pandas as pd
 from IPython.display import display
 
-from mocoxr import notebook, plots
+from mocoxr import notebook, plots, tables
 
 paths = notebook.run_paths(run_dir)
 chexpert_folder = notebook.chexpert_folder(run_dir, data_dir, phantom, seed=seed)
@@ -90,7 +90,7 @@ display(raw_counts)
 display(policy_counts.style.format({"prevalence": "{:.1%}"}).hide(axis="index"))
 fig = plots.count_bars(policy_counts, "policy", ["positive", "negative", "dropped"],
                        title=f"{chexpert['target']} in train.csv, "
-                             "by uncertain-label policy")
+                             "by uncertain-label policy", legend_title="label")
 plt.show()
 chosen = policy_counts.set_index("policy").loc[chexpert["uncertain_policy"]]
 notebook.glue("policy", chexpert["uncertain_policy"])
@@ -179,9 +179,9 @@ fraction_table = (
     .agg(draws=("images", "size"), images=("images", "mean"),
          positives_min=("positives", "min"), positives_max=("positives", "max"))
 )
-fraction_table.index = [plots.pct(f) for f in fraction_table.index]
+fraction_table.index = [tables.pct(f) for f in fraction_table.index]
 display(fraction_table)
-notebook.glue("smallest_fraction", plots.pct(min(chexpert["fractions"])))
+notebook.glue("smallest_fraction", tables.pct(min(chexpert["fractions"])))
 notebook.glue("smallest_subset",
           int(subsets.groupby(["label_fraction", "draw"]).size().min()))
 

@@ -56,7 +56,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import display
 
-from mocoxr import evaluate, experiments, notebook, plots
+from mocoxr import evaluate, experiments, notebook, plots, tables
 
 paths = notebook.run_paths(run_dir)
 notebook.glue("backbone_name", backbone)
@@ -81,7 +81,7 @@ res = experiments.run_linear_experiment(
 dl = experiments.compute_deltas(paths.root, "linear", backbone, ("moco", baseline),
                                 n_boot=n_boot, seed=seed)
 dl = dl[dl["label_fraction"].isin(res["label_fraction"].unique())]
-summary = plots.mean_rows(res, "linear", backbone)
+summary = tables.mean_rows(res, "linear", backbone)
 display(summary.pivot(index="label_fraction", columns="init", values="auc")
         .style.format("{:.3f}"))
 
@@ -151,7 +151,7 @@ plt.show()
 # %%
 curves = {}
 for f in (f_small, f_large):
-    curves[f"{plots.pct(f)} of labels"] = {
+    curves[f"{tables.pct(f)} of labels"] = {
         init: evaluate.load_predictions(paths.predictions, "linear", backbone, init,
                                         f, 0)[1:]
         for init in backbones

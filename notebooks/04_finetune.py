@@ -56,7 +56,7 @@ import numpy as np
 import pandas as pd
 from IPython.display import display
 
-from mocoxr import evaluate, experiments, notebook, plots, train
+from mocoxr import evaluate, experiments, notebook, plots, tables, train
 
 paths = notebook.run_paths(run_dir)
 notebook.glue("backbone_name", backbone)
@@ -81,7 +81,7 @@ res = experiments.run_finetune_experiment(
 dl = experiments.compute_deltas(paths.root, "finetune", backbone, ("moco", baseline),
                                 n_boot=n_boot, seed=seed)
 dl = dl[dl["label_fraction"].isin(res["label_fraction"].unique())]
-summary = plots.mean_rows(res, "finetune", backbone)
+summary = tables.mean_rows(res, "finetune", backbone)
 display(summary.pivot(index="label_fraction", columns="init", values="auc")
         .style.format("{:.3f}"))
 
@@ -133,7 +133,7 @@ notebook.glue("auc_best_full", float(summary.loc[full, "auc"].max()))
 # %%
 curves = {}
 for f in (f_small, f_large):
-    curves[f"{plots.pct(f)} of labels"] = {
+    curves[f"{tables.pct(f)} of labels"] = {
         init: evaluate.load_predictions(paths.predictions, "finetune", backbone, init,
                                         f, 0)[1:]
         for init in backbones
@@ -172,7 +172,7 @@ plt.show()
 
 # %% tags=["hide-input"]
 # numbers for the text below
-notebook.glue("cam_frac", plots.pct(f_large))
+notebook.glue("cam_frac", tables.pct(f_large))
 notebook.glue("cam_n", int(len(pos)))
 if masks is not None:
     loc = saliency.localisation_table(cams, masks).set_index("init")
@@ -215,7 +215,7 @@ for f in (f_small, f_large):
                                                       backbone, init, f, 0)
         cal_inputs[init, f] = (y_val, p_val, y_test, p_test)
 cal = calibration.calibration_table(cal_inputs)
-cal["model"] = [f"{init}, {plots.pct(f)} of labels" for init, f in cal_inputs]
+cal["model"] = [f"{init}, {tables.pct(f)} of labels" for init, f in cal_inputs]
 display(cal.style.format({"temperature": "{:.2f}", "ece_before": "{:.3f}",
                           "ece_after": "{:.3f}"}).hide(axis="index"))
 curves = {}
@@ -225,7 +225,7 @@ for init in backbones:
     curves[f"{init}, before"] = (y_t, p_t)
     curves[f"{init}, after (T = {t:.2f})"] = (y_t, calibration.apply_temperature(p_t, t))
 fig = calibration.plot_reliability(curves,
-                                   title=f"Test set, {plots.pct(f_large)} of labels")
+                                   title=f"Test set, {tables.pct(f_large)} of labels")
 plt.show()
 
 # %% tags=["hide-input"]

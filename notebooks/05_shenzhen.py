@@ -49,7 +49,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display
 
-from mocoxr import evaluate, experiments, notebook, plots
+from mocoxr import evaluate, experiments, notebook, plots, tables
 
 paths = notebook.run_paths(run_dir)
 notebook.glue("backbone_name", backbone)
@@ -81,11 +81,11 @@ dl = pd.concat([
 dl = dl[dl["label_fraction"].isin(res["label_fraction"].unique())]
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+fig, axes = plots.panels(2)
 plots.auc_vs_fraction(res, "shenzhen_linear", backbone, ax=axes[0])
 plots.auc_vs_fraction(res, "shenzhen_finetune", backbone, ax=axes[1])
-plots.delta_plot(dl, ["shenzhen_linear", "shenzhen_finetune"], backbone, ax=axes[2])
-fig.tight_layout()
+plt.show()
+fig = plots.delta_plot(dl, ["shenzhen_linear", "shenzhen_finetune"], backbone)
 plt.show()
 signed = {"delta": "{:+.3f}", "ci_low": "{:+.3f}", "ci_high": "{:+.3f}"}
 display(dl.style.format(signed).hide(axis="index"))
@@ -93,7 +93,7 @@ display(dl.style.format(signed).hide(axis="index"))
 # %% tags=["hide-input"]
 # numbers for the text below (lin_ and ft_ delta_small, auc_moco_small, auc_base_small)
 prefixes = {"shenzhen_linear": "lin_", "shenzhen_finetune": "ft_"}
-summary = pd.concat([plots.mean_rows(res, exp, backbone) for exp in prefixes])
+summary = pd.concat([tables.mean_rows(res, exp, backbone) for exp in prefixes])
 (f_small,) = notebook.glue_effect(dl, summary, baseline, prefixes, ["small"]).values()
 notebook.glue("n_test", int(len(sz.prepared.rows("test"))))
 
@@ -112,7 +112,7 @@ notebook.glue("n_test", int(len(sz.prepared.rows("test"))))
 # %%
 curves = {}
 for exp in ("shenzhen_linear", "shenzhen_finetune"):
-    curves[f"{plots.EXPERIMENT_TITLES[exp]}, {plots.pct(f_small)}"] = {
+    curves[f"{tables.EXPERIMENT_TITLES[exp]}, {tables.pct(f_small)}"] = {
         init: evaluate.load_predictions(paths.predictions, exp, backbone, init,
                                         f_small, 0)[1:]
         for init in backbones

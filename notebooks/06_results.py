@@ -12,7 +12,7 @@
 # This page collects every AUC and every paired difference the earlier notebooks wrote to the
 # run folder's `results.csv` and `deltas.csv` (both are served beside this site), and sets them
 # next to the values published in the paper (Sowrirajan et al., MIDL 2021; read off the figures
-# of the authors' repository, packaged as `mocoxr/data/paper_results.csv`).
+# of the authors' repository, packaged as `mocoxr/resources/paper_results.csv`).
 #
 # :::{important}
 # **The embedded synthetic data is not CheXpert.** When this book is built by `make book`, the
@@ -36,12 +36,12 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import HTML, display
 
-from mocoxr import notebook, plots
+from mocoxr import notebook, plots, tables
 
 paths = notebook.run_paths(run_dir)
 results = pd.read_csv(paths.results)
 deltas = pd.read_csv(paths.deltas)
-paper = plots.paper_results()
+paper = tables.paper_results()
 backbones = sorted(results["backbone"].unique())
 notebook.glue("data_source", "the embedded synthetic data (phantoms, not CheXpert)"
           if data_dir is None else "CheXpert images from the folder given as data_dir")
@@ -59,7 +59,7 @@ print(f"{len(results)} result rows, {len(deltas)} deltas; backbones {backbones}"
 # figures give them).
 
 # %%
-table = plots.comparison_table(results, deltas, paper, ("linear", "finetune"),
+table = tables.comparison_table(results, deltas, paper, ("linear", "finetune"),
                                baseline=baseline)
 display(HTML(table.to_html(index=False, classes="comparison-table", border=0)))
 
@@ -68,14 +68,13 @@ display(HTML(table.to_html(index=False, classes="comparison-table", border=0)))
 
 # %%
 for bb in backbones:
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=False)
+    fig, axes = plots.panels(2)
     for ax, exp in zip(axes, ("linear", "finetune")):
-        if plots.mean_rows(results, exp, bb).empty:
+        if tables.mean_rows(results, exp, bb).empty:
             ax.set_visible(False)
             continue
         plots.auc_vs_fraction(results, exp, bb, paper=paper, ax=ax,
-                              title=f"{plots.EXPERIMENT_TITLES[exp]}, {bb}")
-    fig.tight_layout()
+                              title=f"{tables.EXPERIMENT_TITLES[exp]}, {bb}")
     plt.show()
 
 # %% [markdown]
@@ -96,7 +95,7 @@ for bb in backbones:
 
 # %%
 bb = "resnet18" if "resnet18" in backbones else backbones[0]
-verdicts = plots.findings(deltas, paper, bb)
+verdicts = tables.findings(deltas, paper, bb)
 display(HTML(verdicts
              .to_html(index=False, border=0)))
 
@@ -106,11 +105,11 @@ lin = deltas[(deltas["experiment"] == "linear") & (deltas["backbone"] == bb)]
 lin = lin.sort_values("label_fraction")
 ft = deltas[(deltas["experiment"] == "finetune") & (deltas["backbone"] == bb)]
 ft = ft.sort_values("label_fraction")
-paper_lin = plots.paper_deltas(paper, "linear", bb)
-paper_ft = plots.paper_deltas(paper, "finetune", bb)
+paper_lin = tables.paper_deltas(paper, "linear", bb)
+paper_ft = tables.paper_deltas(paper, "finetune", bb)
 notebook.glue("bb", bb)
-notebook.glue("frac_small", plots.pct(lin["label_fraction"].iloc[0]))
-notebook.glue("frac_large", plots.pct(lin["label_fraction"].iloc[-1]))
+notebook.glue("frac_small", tables.pct(lin["label_fraction"].iloc[0]))
+notebook.glue("frac_large", tables.pct(lin["label_fraction"].iloc[-1]))
 notebook.glue("ours_lin_small", float(lin["delta"].iloc[0]))
 notebook.glue("ours_lin_large", float(lin["delta"].iloc[-1]))
 notebook.glue("ours_ft_small", float(ft["delta"].iloc[0]) if len(ft) else float("nan"))
@@ -139,7 +138,7 @@ notebook.glue("n_findings", int(len(verdicts)))
 # our numbers stand alone.
 
 # %%
-sz_table = plots.results_table(results, deltas, ("shenzhen_linear", "shenzhen_finetune"),
+sz_table = tables.results_table(results, deltas, ("shenzhen_linear", "shenzhen_finetune"),
                                baseline)
 display(HTML(sz_table.drop(columns="label_fraction").to_html(index=False, border=0)))
 

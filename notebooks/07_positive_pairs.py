@@ -97,7 +97,7 @@ import numpy as np
 import pandas as pd
 from IPython.display import display
 
-from mocoxr import experiments, notebook, pairs, plots, train
+from mocoxr import experiments, notebook, pairs, plots, tables, train
 
 paths = notebook.run_paths(run_dir)
 notebook.glue("backbone_name", backbone)
@@ -319,7 +319,7 @@ else:
 # that excludes zero is a difference the test set can resolve.
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(11, 3.9))
+fig, axes = plots.panels(2)
 plots.auc_vs_fraction(
     pairs.as_results(table),
     "linear",
@@ -343,14 +343,13 @@ plots.delta_plot(
     ax=axes[1],  # sorted: the colours of the left panel
     title="Rule minus image-level pairs",
 )
-fig.tight_layout()
 plt.show()
 
 # %% tags=["hide-input"]
 # numbers for the conclusion
 fr = sorted(table["label_fraction"].unique())
-notebook.glue("frac_small", plots.pct(fr[0]))
-notebook.glue("frac_large", plots.pct(fr[-1]))
+notebook.glue("frac_small", tables.pct(fr[0]))
+notebook.glue("frac_large", tables.pct(fr[-1]))
 for i, name in enumerate(pairings[1:], 1):
     rows = table[table["pairing"] == name].set_index("label_fraction")
     for tag, f in (("small", fr[0]), ("large", fr[-1])):

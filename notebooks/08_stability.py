@@ -38,7 +38,7 @@ recorded_seeds = "book/recorded/seeds-quick"  # pooled tables shipped with the b
 import matplotlib.pyplot as plt
 from IPython.display import HTML, display
 
-from mocoxr import notebook, plots, seeds
+from mocoxr import notebook, plots, seeds, tables
 
 folder, kind = seeds.find_pooled(run_dir, notebook.project_root() / recorded_seeds)
 pooled = seeds.read_pooled(folder)
@@ -74,7 +74,7 @@ plt.show()
 # ## The pooled table
 
 # %%
-table = seeds.pooled_table(deltas, plots.EXPERIMENT_TITLES)
+table = seeds.pooled_table(deltas, tables.EXPERIMENT_TITLES)
 display(HTML(table.to_html(index=False, border=0)))
 
 # %% tags=["hide-input"]
@@ -83,14 +83,14 @@ lin = deltas[deltas["experiment"] == "linear"].sort_values("label_fraction")
 small = lin[lin["label_fraction"] < 1.0]
 notebook.glue("n_lin_small_above", int((small["ci_low"] > 0).sum()))
 notebook.glue("n_lin_small", int(len(small)))
-notebook.glue("lin_small_fracs", ", ".join(plots.pct(f) for f in small["label_fraction"]))
+notebook.glue("lin_small_fracs", ", ".join(tables.pct(f) for f in small["label_fraction"]))
 shown = [("lin_min", "linear", float(lin["label_fraction"].min())),
          ("ft_full", "finetune", 1.0), ("szl_min", "shenzhen_linear", 0.0625)]
 for tag, exp, f in shown:
     r = seeds.pooled_row(deltas, exp, f)
-    notebook.glue(f"{tag}_frac", plots.pct(f))
+    notebook.glue(f"{tag}_frac", tables.pct(f))
     notebook.glue(tag, "not run" if r is None else
-              plots.fmt_ci(r["delta"], r["ci_low"], r["ci_high"], signed=True))
+              tables.fmt_ci(r["delta"], r["ci_low"], r["ci_high"], signed=True))
     notebook.glue(f"{tag}_verdict",
               "not run" if r is None else seeds.verdict(r["ci_low"], r["ci_high"]))
 for init, tag in (("moco", "moco"), (baseline, "base")):

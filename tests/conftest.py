@@ -17,6 +17,12 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session")
+def shared_data_optional() -> Path | None:
+    """``../shared/data`` when present (real-format checks then also run), else None."""
+    return SHARED_DATA if SHARED_DATA.is_dir() else None
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_thread():
     """One intra-op thread (torch, BLAS) for the whole suite: the tensors are tiny, and on 2

@@ -29,10 +29,12 @@ def test_bench_pretrain_smoke(tmp_path, capsys):
                       "--json", str(tmp_path / "r.json")])
     r = res["backbones"]["resnet18"]
     assert r["batch"] == 4 and r["fast"]["timed_steps"] == 1 and r["reference"]["timed_steps"] == 1
-    assert r["fast"]["images_per_s"] > 0 and r["reference"]["images_per_s"] > 0 and r["ratio"] > 0
+    # the printed ratios are the side-by-side figures they claim to be
+    assert r["ratio"] == pytest.approx(r["fast"]["images_per_s"] / r["reference"]["images_per_s"])
     assert r["features"]["dim"] == 512 and r["features"]["images"] == 16
-    assert r["features"]["images_per_s_nchw"] > 0 and r["features"]["default_over_nchw"] > 0
-    assert r["loaders"]["fast_images_per_s"] > 0 and r["loaders"]["reference_images_per_s"] > 0
+    assert r["features"]["default_over_nchw"] == pytest.approx(
+        r["features"]["images_per_s"] / r["features"]["images_per_s_nchw"])
+    assert set(r["loaders"]) >= {"fast_images_per_s", "reference_images_per_s"}
     assert r["probe_sweep"]["probes"] == 16 and r["probe_sweep"]["fractions"] == [0.001, 0.01, 0.1, 1.0]
     assert json.loads((tmp_path / "r.json").read_text())["device"] == res["device"]
     out = capsys.readouterr().out
@@ -82,7 +84,6 @@ def test_profile_step_reports_every_phase_of_the_profiled_steps(tmp_path, capsys
                         "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")])
     assert set(report["phases"]) == set(prof.PHASES)
     assert all(p["count"] == 2 and p["cpu_ms"] > 0 for p in report["phases"].values())
-    assert report["images_per_s_profiled"] > 0
     text = (tmp_path / "out" / "profile_resnet18.txt").read_text()
     assert "mocoxr.backward" in text and "aten::convolution_backward" in text
     assert json.loads((tmp_path / "out" / "profile_resnet18.json").read_text())["batch"] == 4

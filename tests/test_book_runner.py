@@ -262,7 +262,7 @@ def keys():
     return runner.run_keys(prof, paths.run_paths(sys.argv[1]))
 
 pkg, before, changed = paths.PACKAGE_DIR, keys(), {}
-line = '    mean, std = cache.image_stats(images, prepared.rows("train"))\\n'
+line = '    mean, std = data.image_stats(images, prepared.rows("train"))\\n'
 targets = [pkg / "notebook.py", *sorted((pkg / "book").glob("*.py"))]
 for f in targets:
     text = f.read_text()

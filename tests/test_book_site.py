@@ -121,11 +121,3 @@ def test_build_refuses_stale_pages_or_marks_them(tmp_path: Path):
     assert (staged / "_toc.yml").is_file() and (staged / "book" / "intro.md").is_file()
     assert (staged / "book" / "time.md").is_file()
 
-
-def test_paper_results_file_names_its_source():
-    """The paper's numbers the results page compares with say where they come from."""
-    from mocoxr.book.paths import PACKAGE_DIR
-
-    (csv,) = PACKAGE_DIR.rglob("paper_results.csv")
-    head = csv.read_text().splitlines()[0]
-    assert head.startswith("#") and "MoCo-CXR" in head

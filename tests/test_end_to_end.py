@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mocoxr import cache, data, evaluate, experiments, phantom, train
+from mocoxr import data, evaluate, experiments, phantom, train
 
 SIZE = 32
 BACKBONE = "resnet18"
@@ -21,8 +21,8 @@ BACKBONE = "resnet18"
 
 
 def load(prep: data.PreparedDataset, cache_file: Path):
-    images = cache.load_image_cache(list(prep.manifest["path"]), SIZE, cache_file)
-    mean, std = cache.image_stats(images, prep.rows("train"))
+    images = data.load_image_cache(list(prep.manifest["path"]), SIZE, cache_file)
+    mean, std = data.image_stats(images, prep.rows("train"))
     return images, mean, std
 
 
@@ -84,7 +84,7 @@ def test_results_table_has_every_experiment_init_fraction_and_draw(run):
             for f, n_draws in fractions.items():
                 sel = res[(res["experiment"] == name) & (res["init"] == init)
                           & np.isclose(res["label_fraction"], f)]
-                assert sorted(sel["draw"]) == [experiments.MEAN_DRAW, *range(n_draws)], (name, init, f)
+                assert sorted(sel["draw"]) == [evaluate.MEAN_DRAW, *range(n_draws)], (name, init, f)
     assert ((res["ci_low"] <= res["auc"]) & (res["auc"] <= res["ci_high"])).all()
     assert res["auc"].between(0, 1).all()
     n_test = {"linear": len(chex.rows("test")), "shenzhen_linear": len(shen.rows("test"))}
@@ -102,7 +102,7 @@ def test_deltas_are_paired_differences_of_the_saved_predictions(run):
     assert set(deltas["comparison"]) == {"moco - random"}
     assert ((deltas["ci_low"] <= deltas["delta"]) & (deltas["delta"] <= deltas["ci_high"])).all()
     res = pd.read_csv(out / "results.csv")
-    mean_rows = res[(res["draw"] == experiments.MEAN_DRAW) & (res["experiment"] == "linear")]
+    mean_rows = res[(res["draw"] == evaluate.MEAN_DRAW) & (res["experiment"] == "linear")]
     for _, d in deltas[deltas["experiment"] == "linear"].iterrows():
         at = mean_rows[np.isclose(mean_rows["label_fraction"], d["label_fraction"])]
         moco = at.loc[at["init"] == "moco", "auc"].item()
@@ -126,7 +126,7 @@ def test_transfer_on_the_real_shenzhen_pngs(shared_data, tmp_path, run):
                                             image_size=SIZE, out_dir=tmp_path / "run",
                                             experiment="shenzhen_linear", n_boot=200,
                                             progress=False)
-    summary = res[res["draw"] == experiments.MEAN_DRAW]
+    summary = res[res["draw"] == evaluate.MEAN_DRAW]
     assert set(summary["init"]) == {"moco", "random"}
     for _, r in summary.iterrows():  # 4 test images: the CI is wide, but it must be a CI
         assert 0 <= r["ci_low"] <= r["auc"] <= r["ci_high"] <= 1

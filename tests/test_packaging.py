@@ -1,14 +1,18 @@
-"""Packaging: pyproject.toml declares every third-party module the package imports, agrees with
-the versions requirements.txt pins, and its `mocoxr` console command is `python -m mocoxr.book`
-(checked in-process)."""
+"""Packaging: pyproject.toml declares every third-party module the package imports and nothing
+it does not use, agrees with the versions requirements.txt pins, builds a wheel holding every
+subpackage and resource, and its `mocoxr` console command is `python -m mocoxr.book` (checked
+in-process)."""
 
 from __future__ import annotations
 
 import ast
 import importlib
 import importlib.metadata as md
+import shutil
+import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +24,14 @@ from mocoxr.book import __main__ as book_cli
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
+# Declared, used, but never imported by the package: what each one is for.
+RUNTIME_ONLY = {
+    "ipykernel": "the kernel papermill executes the notebooks in",
+    "ipywidgets": "tqdm.auto progress bars render as widgets in the notebooks",
+    "jupyter-book": "the site build runs its command line in a subprocess",
+    "sphinx-mathjax-offline": "the Sphinx extension _config.yml names (MathJax without a CDN)",
+}
+
 
 def declared() -> dict[str, Requirement]:
     reqs = [Requirement(r) for r in PYPROJECT["project"]["dependencies"]]
@@ -29,7 +41,7 @@ def declared() -> dict[str, Requirement]:
 def imported_modules() -> set[str]:
     """Top-level names imported anywhere in mocoxr/ (module level or inside functions)."""
     names = set()
-    for py in (ROOT / "mocoxr").glob("*.py"):
+    for py in (ROOT / "mocoxr").rglob("*.py"):
         for node in ast.walk(ast.parse(py.read_text())):
             if isinstance(node, ast.Import):
                 names |= {a.name.split(".")[0] for a in node.names}
@@ -49,6 +61,30 @@ def test_every_imported_distribution_is_declared():
             missing[mod] = sorted(owners)
     # myst_nb / papermill / jupytext are imported; websocket comes from websocket-client
     assert not missing, f"imported by mocoxr, not in pyproject dependencies: {missing}"
+
+
+def test_every_declared_distribution_is_used():
+    dists = md.packages_distributions()
+    used = {d.lower().replace("_", "-") for mod in imported_modules() for d in dists.get(mod, [])}
+    unused = set(declared()) - used - set(RUNTIME_ONLY)
+    assert not unused, f"declared in pyproject but neither imported nor in RUNTIME_ONLY: {unused}"
+    assert set(RUNTIME_ONLY) <= set(declared())
+
+
+def test_wheel_holds_every_module_and_resource(tmp_path):
+    """`pip install .` ships the subpackages, the profiles and the paper's CSV (a bare
+    `packages = ["mocoxr"]` would silently drop mocoxr/data/, mocoxr/phantom/, mocoxr/book/)."""
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "mocoxr", src / "mocoxr", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(tmp_path / "dist"), str(src)], check=True, capture_output=True)
+    (wheel,) = (tmp_path / "dist").glob("mocoxr-*.whl")
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    expected = {p.relative_to(ROOT).as_posix() for p in (ROOT / "mocoxr").rglob("*")
+                if p.is_file() and p.suffix in (".py", ".csv", ".yaml") and "__pycache__" not in p.parts}
+    assert expected and not expected - shipped, sorted(expected - shipped)
 
 
 def test_requirements_pins_satisfy_the_declared_ranges():

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from mocoxr import calibration, cache, models, phantom, saliency, train
+from mocoxr import calibration, data, models, phantom, saliency, train
 
 
 def one_logit(name: str = "resnet18") -> nn.Module:
@@ -112,7 +112,7 @@ def test_effusion_masks_mark_the_effusion_and_leave_the_images_alone(phantom_tre
                                       r["findings"], projection=r["projection"],
                                       supine=r["supine"], female=r["female"],
                                       anatomy_seed=r["anatomy_seed"])
-    disk = cache.decode_image(phantom_tree.parent / paths[0], 64)
+    disk = data.decode_image(phantom_tree.parent / paths[0], 64)
     assert again.shape == (78, 64)
     assert np.abs(again[7:71].astype(float) - disk).mean() < 4
     abs_paths = [str(phantom_tree.parent / p) for p in paths]

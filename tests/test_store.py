@@ -108,6 +108,48 @@ def test_storage_failures_read_as_one_line_naming_the_path(tmp_path: Path):
     assert store.storage_error(ValueError("other"), "/x") is None
 
 
+def test_atomic_path_replaces_only_a_complete_file(tmp_path: Path):
+    target = tmp_path / "sub" / "x.npy"
+    with store.atomic_path(target) as tmp:
+        assert tmp.parent == target.parent and tmp != target
+        np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(2, 3))[:] = 7
+        assert not target.exists()  # nothing at the real name until the block ends
+    assert (np.load(target) == 7).all() and os.listdir(target.parent) == ["x.npy"]
+    with pytest.raises(ValueError, match="half-way"):
+        with store.atomic_path(target) as tmp:
+            tmp.write_bytes(b"partial")
+            raise ValueError("failed half-way")
+    assert (np.load(target) == 7).all() and os.listdir(target.parent) == ["x.npy"]
+
+
+def test_reuse_or_build_keys_on_the_sidecar_and_the_outputs(tmp_path: Path):
+    out, side = tmp_path / "out.txt", tmp_path / "out.json"
+    built = []
+
+    def build(text="a"):
+        built.append(text)
+        store.atomic_write_text(out, text)
+
+    load = lambda: out.read_text()  # noqa: E731
+    key = {"format_version": 1, "sizes": (1, 2), "name": "x"}
+    assert store.reuse_or_build(side, key, [out], load, build) == "a" and built == ["a"]
+    assert side.read_text() == '{\n  "format_version": 1,\n  "sizes": [\n    1,\n    2\n  ],\n  "name": "x"\n}'
+    assert store.sidecar_matches(side, {**key, "sizes": [1, 2]}, [out])  # compared as JSON
+    assert store.reuse_or_build(side, key, [out], load, lambda: build("b")) == "a"  # reused
+    assert store.reuse_or_build(side, {**key, "name": "y"}, [out], load, lambda: build("c")) == "c"
+    out.unlink()  # a missing output rebuilds
+    assert store.reuse_or_build(side, key, [out], load, lambda: build("d")) == "d"
+    side.write_text("{not json")  # a corrupt sidecar rebuilds
+    assert not store.sidecar_matches(side, key, [out])
+    assert store.reuse_or_build(side, key, [out], load, lambda: build("e")) == "e"
+    stale = lambda: None if built[-1] == "e" else out.read_text()  # noqa: E731
+    assert store.reuse_or_build(side, key, [out], stale, lambda: build("f")) == "f"  # load said no
+    assert built == ["a", "c", "d", "e", "f"]
+    with pytest.raises(RuntimeError, match="boom"):  # a failed build leaves no sidecar
+        store.reuse_or_build(side, {"other": 1}, [out], load, lambda: (_ for _ in ()).throw(RuntimeError("boom")))
+    assert not side.exists()
+
+
 def test_torch_save_to_a_full_device_is_one_storage_error(tmp_path: Path):
     import torch
 

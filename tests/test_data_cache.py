@@ -1,4 +1,4 @@
-"""Tests of mocoxr.cache: decoding, the memmap cache (reuse/rebuild/atomicity), image stats."""
+"""Tests of mocoxr.data.cache: decoding, the memmap cache (reuse/rebuild/atomicity), image stats."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mocoxr import cache
-from mocoxr.cache import decode_image, image_stats, load_image_cache
+from mocoxr.data import cache
+from mocoxr.data.cache import decode_image, image_stats, load_image_cache
 
 
 def save(path: Path, array: np.ndarray, **kw) -> str:

@@ -10,7 +10,6 @@ then a centre crop to ``size x size``.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import multiprocessing
 import os
@@ -21,6 +20,8 @@ from typing import Iterator, Sequence
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
+
+from mocoxr import store
 
 _FORMAT_VERSION = 1
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
@@ -81,8 +82,8 @@ def _sidecar_path(cache_file: Path) -> Path:
     return cache_file.with_name(cache_file.name + ".json")
 
 
-def cache_key(paths: Sequence[str], size: int) -> dict:
-    """What a cache depends on: image size and a hash of (path, file size, mtime) per row."""
+def files_fingerprint(paths: Sequence[str]) -> str:
+    """SHA-256 over (path, size, mtime) of each file, in order; a missing file is an error."""
     h = hashlib.sha256()
     for p in paths:
         try:
@@ -90,11 +91,16 @@ def cache_key(paths: Sequence[str], size: int) -> dict:
         except FileNotFoundError:
             raise FileNotFoundError(f"{p}: image file does not exist (image cache)") from None
         h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def cache_key(paths: Sequence[str], size: int) -> dict:
+    """What a cache depends on: image size and a hash of (path, file size, mtime) per row."""
     return {
         "format_version": _FORMAT_VERSION,
         "size": int(size),
         "n_images": len(paths),
-        "sources_sha256": h.hexdigest(),
+        "sources_sha256": files_fingerprint(paths),
     }
 
 
@@ -110,18 +116,24 @@ def _decode_all(paths: Sequence[str], size: int, workers: int) -> Iterator[np.nd
         yield from pool.imap(partial(decode_image, size=size), paths, chunksize=chunk)
 
 
-def _open_existing(cache_file: Path, key: dict) -> np.ndarray | None:
-    sidecar = _sidecar_path(cache_file)
-    if not (cache_file.is_file() and sidecar.is_file()):
-        return None
-    try:
-        if json.loads(sidecar.read_text()) != key:
-            return None
-        images = np.load(cache_file, mmap_mode="r")
-    except (ValueError, OSError):
-        return None
+def _open(cache_file: Path, key: dict) -> np.ndarray | None:
+    """The cache as a read-only memmap, or None when its shape or dtype is not the key's."""
+    images = np.load(cache_file, mmap_mode="r")
     expected = (key["n_images"], key["size"], key["size"])
     return images if images.shape == expected and images.dtype == np.uint8 else None
+
+
+def _build(paths: Sequence[str], size: int, cache_file: Path, workers: int) -> None:
+    """Decode every image into a temporary ``.npy`` moved onto ``cache_file`` when complete."""
+    with store.atomic_path(cache_file) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
+                                        shape=(len(paths), size, size))
+        bar = tqdm(_decode_all(paths, size, workers), total=len(paths), unit="img",
+                   desc=f"decoding {cache_file.name}", mininterval=1.0)
+        for i, img in enumerate(bar):
+            out[i] = img
+        out.flush()
+        del out
 
 
 def load_image_cache(
@@ -141,30 +153,11 @@ def load_image_cache(
     size = int(size)
     cache_file = Path(cache_file).expanduser()
     key = cache_key(paths, size)
-    images = _open_existing(cache_file, key)
-    if images is not None:
-        return images
-
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    sidecar = _sidecar_path(cache_file)
-    sidecar.unlink(missing_ok=True)
-    tmp = cache_file.with_name(f"{cache_file.name}.tmp{os.getpid()}")
-    try:
-        shape = (len(paths), size, size)
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-        bar = tqdm(_decode_all(paths, size, workers), total=len(paths), unit="img",
-                   desc=f"decoding {cache_file.name}", mininterval=1.0)
-        for i, img in enumerate(bar):
-            out[i] = img
-        out.flush()
-        del out
-        os.replace(tmp, cache_file)
-    finally:
-        tmp.unlink(missing_ok=True)
-    side_tmp = sidecar.with_name(f"{sidecar.name}.tmp{os.getpid()}")
-    side_tmp.write_text(json.dumps(key, indent=2))
-    os.replace(side_tmp, sidecar)
-    return np.load(cache_file, mmap_mode="r")
+    return store.reuse_or_build(
+        _sidecar_path(cache_file), key, [cache_file],
+        load=lambda: _open(cache_file, key),
+        build=lambda: _build(paths, size, cache_file, workers),
+    )
 
 
 def image_stats(

@@ -1,0 +1,172 @@
+"""Tables, CI formatting and verdicts the book's notebooks show: DataFrames and strings built
+from ``results.csv`` / ``deltas.csv`` and the paper's published AUCs; no figures (those are in
+:mod:`mocoxr.plots`), nothing the pipeline does not already store.
+
+**Verdicts.** :func:`findings` checks the paper's three qualitative claims on our paired deltas.
+A claim holds only when the 95% CIs say so (:func:`_above`): a point estimate alone decides
+nothing, and intervals that touch or overlap never count.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from mocoxr.evaluate import MEAN_DRAW
+
+PAPER_RESULTS = Path(__file__).resolve().parent / "resources" / "paper_results.csv"
+EXPERIMENT_TITLES = {
+    "linear": "Linear probe",
+    "finetune": "End-to-end fine-tuning",
+    "shenzhen_linear": "Shenzhen: linear probe",
+    "shenzhen_finetune": "Shenzhen: fine-tuning",
+}
+
+
+def pct(fraction: float) -> str:
+    """0.001 -> '0.1%', 0.25 -> '25%', 0.0625 -> '6.25%'."""
+    return f"{100 * float(fraction):g}%"
+
+
+def mean_rows(results: pd.DataFrame, experiment: str, backbone: str | None = None) -> pd.DataFrame:
+    """The draw-averaged rows (``draw == MEAN_DRAW``) of one experiment, sorted by init and fraction."""
+    r = results[(results["experiment"] == experiment) & (results["draw"] == MEAN_DRAW)]
+    if backbone is not None:
+        r = r[r["backbone"] == backbone]
+    return r.sort_values(["init", "label_fraction"]).reset_index(drop=True)
+
+
+def paper_results(path: str | Path = PAPER_RESULTS) -> pd.DataFrame:
+    """The published MoCo-CXR AUCs (packaged copy; its header comment names the source)."""
+    return pd.read_csv(path, comment="#")
+
+
+def paper_deltas(paper: pd.DataFrame, experiment: str, backbone: str | None = None) -> pd.DataFrame:
+    """The paper's MoCo minus ImageNet AUC differences per label fraction (from its figures)."""
+    p = paper[paper["experiment"] == experiment]
+    if backbone is not None:
+        p = p[p["backbone"] == backbone]
+    wide = p.pivot_table(index=["backbone", "label_fraction"], columns="init", values="auc")
+    if not {"moco", "imagenet"} <= set(wide.columns):
+        return pd.DataFrame(columns=["backbone", "label_fraction", "delta"])
+    out = (wide["moco"] - wide["imagenet"]).rename("delta").reset_index()
+    return out.sort_values(["backbone", "label_fraction"]).reset_index(drop=True)
+
+
+def fmt_ci(value: float, lo: float, hi: float, signed: bool = False) -> str:
+    """'0.812 [0.790, 0.833]' (or '+0.041 [+0.012, +0.070]'); '' for a missing value."""
+    if value is None or not np.isfinite(value):
+        return ""
+    f = "{:+.3f}" if signed else "{:.3f}"
+    if lo is None or hi is None or not (np.isfinite(lo) and np.isfinite(hi)):
+        return f.format(value)
+    return f"{f.format(value)} [{f.format(lo)}, {f.format(hi)}]"
+
+
+def results_table(results: pd.DataFrame, deltas: pd.DataFrame, experiments: Sequence[str],
+                  baseline: str = "random") -> pd.DataFrame:
+    """One row per (experiment, backbone, label fraction): draw-averaged AUC [95% CI] of MoCo
+    and of the baseline, and the paired difference [95% CI]; plus numeric ``label_fraction``."""
+    rows = []
+    for exp in experiments:
+        ours = mean_rows(results, exp)
+        for (bb, f), g in ours.groupby(["backbone", "label_fraction"]):
+            get = {r["init"]: r for _, r in g.iterrows()}
+            m, b = get.get("moco"), get.get(baseline)
+            d = deltas[(deltas["experiment"] == exp) & (deltas["backbone"] == bb)
+                       & np.isclose(deltas["label_fraction"], f)]
+            rows.append({
+                "experiment": exp,
+                "backbone": bb,
+                "label_fraction": float(f),
+                "labels": pct(f),
+                "MoCo": fmt_ci(m["auc"], m["ci_low"], m["ci_high"]) if m is not None else "",
+                baseline: fmt_ci(b["auc"], b["ci_low"], b["ci_high"]) if b is not None else "",
+                "difference": fmt_ci(d["delta"].iloc[0], d["ci_low"].iloc[0], d["ci_high"].iloc[0],
+                                     signed=True) if len(d) else "",
+            })
+    return pd.DataFrame(rows, columns=["experiment", "backbone", "label_fraction", "labels", "MoCo",
+                                       baseline, "difference"])
+
+
+def comparison_table(results: pd.DataFrame, deltas: pd.DataFrame, paper: pd.DataFrame,
+                     experiments: Sequence[str] = ("linear", "finetune"),
+                     baseline: str = "random") -> pd.DataFrame:
+    """:func:`results_table` beside the paper's values, one row per (experiment, backbone,
+    label fraction) that we ran. The paper's baseline is ImageNet initialisation."""
+    ours = results_table(results, deltas, experiments, baseline)
+    out = []
+    for _, r in ours.iterrows():
+        p = paper[(paper["experiment"] == r["experiment"]) & (paper["backbone"] == r["backbone"])
+                  & np.isclose(paper["label_fraction"], r["label_fraction"])]
+        cells = {}
+        for init in ("moco", "imagenet"):
+            q = p[p["init"] == init]
+            cells[init] = (fmt_ci(q["auc"].iloc[0], q["ci_low"].iloc[0], q["ci_high"].iloc[0])
+                           if len(q) else "")
+            cells[init + "_v"] = float(q["auc"].iloc[0]) if len(q) else np.nan
+        diff = cells["moco_v"] - cells["imagenet_v"]
+        out.append({
+            "experiment": r["experiment"], "backbone": r["backbone"], "labels": r["labels"],
+            "ours: MoCo": r["MoCo"], f"ours: {baseline}": r[baseline],
+            "ours: difference": r["difference"],
+            "paper: MoCo": cells["moco"], "paper: ImageNet": cells["imagenet"],
+            "paper: difference": f"{diff:+.3f}" if np.isfinite(diff) else "",
+        })
+    return pd.DataFrame(out)
+
+
+def _effect(frame: pd.DataFrame, experiment: str, backbone: str) -> pd.DataFrame:
+    d = frame[(frame["experiment"] == experiment) & (frame["backbone"] == backbone)]
+    return d.sort_values("label_fraction").reset_index(drop=True)
+
+
+def _signed_ci(row: pd.Series) -> str:
+    """A delta row's '+0.041 [+0.012, +0.070]'."""
+    return fmt_ci(row["delta"], row["ci_low"], row["ci_high"], signed=True)
+
+
+def _above(a: pd.Series, b: pd.Series | None = None) -> bool:
+    """``a``'s 95% CI lies wholly above zero (``b`` None) or wholly above ``b``'s CI. Intervals
+    that touch or overlap never count: a point estimate alone decides nothing."""
+    if b is None:
+        return bool(np.isfinite(a["ci_low"]) and a["ci_low"] > 0)
+    return bool(np.isfinite(a["ci_low"]) and np.isfinite(b["ci_high"]) and a["ci_low"] > b["ci_high"])
+
+
+def findings(deltas: pd.DataFrame, paper: pd.DataFrame, backbone: str = "resnet18") -> pd.DataFrame:
+    """The paper's three qualitative findings, checked on our paired deltas.
+
+    (1) MoCo beats the baseline for the linear probe at the smallest label fraction; (2) that
+    gain shrinks from the smallest to the largest fraction; (3) it is larger for the linear
+    probe than for fine-tuning at the smallest fraction. A finding *holds* only when the CIs
+    say so: (1) the delta's CI is above zero; (2) and (3) the first delta's CI lies wholly above
+    the second's (non-overlapping 95% CIs: conservative), and for (2) there is a gain to shrink.
+    Columns: finding, ours, paper, holds ("yes", "no", or "not run" when inputs are missing).
+    """
+    lin, ft = _effect(deltas, "linear", backbone), _effect(deltas, "finetune", backbone)
+    plin, pft = paper_deltas(paper, "linear", backbone), paper_deltas(paper, "finetune", backbone)
+    names = ("linear probe: MoCo beats the baseline with the fewest labels (95% CI above 0)",
+             "linear probe: the gain shrinks as labels grow (CIs apart)",
+             "the linear probe gains more than fine-tuning with the fewest labels (CIs apart)")
+    rows = {n: {"finding": n, "ours": "not run", "paper": "", "holds": "not run"} for n in names}
+
+    def add(name: str, ok: bool, ours: str, theirs: str) -> None:
+        rows[name].update(ours=ours, paper=theirs, holds="yes" if ok else "no")
+
+    ci = _signed_ci
+    if len(lin):
+        s, lg = lin.iloc[0], lin.iloc[-1]
+        add(names[0], _above(s), f"{ci(s)} at {pct(s['label_fraction'])}",
+            f"{plin['delta'].iloc[0]:+.3f} at {pct(plin['label_fraction'].iloc[0])}" if len(plin) else "")
+        add(names[1], len(lin) > 1 and _above(s) and _above(s, lg),  # a gain, then less
+            f"{ci(s)} at {pct(s['label_fraction'])} -> {ci(lg)} at {pct(lg['label_fraction'])}",
+            f"{plin['delta'].iloc[0]:+.3f} -> {plin['delta'].iloc[-1]:+.3f}" if len(plin) else "")
+    if len(lin) and len(ft):
+        s, f0 = lin.iloc[0], ft.iloc[0]
+        add(names[2], _above(s, f0), f"{ci(s)} vs {ci(f0)}",
+            f"{plin['delta'].iloc[0]:+.3f} vs {pft['delta'].iloc[0]:+.3f}" if len(plin) and len(pft) else "")
+    return pd.DataFrame(list(rows.values()), columns=["finding", "ours", "paper", "holds"])
