@@ -115,7 +115,7 @@ notebook.glue("prevalence_zeros", float(by_policy.loc["zeros", "prevalence"]))
 
 # %%
 ds = notebook.load_dataset(run_dir, "chexpert", chexpert_folder, image_size, chexpert,
-                       seed=seed)
+                           seed=seed)
 m = ds.manifest
 split_table = (
     m.groupby("split")
@@ -183,7 +183,7 @@ fraction_table.index = [tables.pct(f) for f in fraction_table.index]
 display(fraction_table)
 notebook.glue("smallest_fraction", tables.pct(min(chexpert["fractions"])))
 notebook.glue("smallest_subset",
-          int(subsets.groupby(["label_fraction", "draw"]).size().min()))
+              int(subsets.groupby(["label_fraction", "draw"]).size().min()))
 
 # %% [markdown]
 # The smallest subset ({glue:text}`smallest_fraction` of the labels) holds
@@ -199,7 +199,7 @@ notebook.glue("smallest_subset",
 
 # %%
 sz = notebook.load_dataset(run_dir, "shenzhen", shenzhen_folder, image_size, shenzhen,
-                       seed=seed)
+                           seed=seed)
 sm = sz.manifest
 sz_table = sm.groupby("split").agg(images=("label", "size"), tb=("label", "sum")).reindex(
     ["train", "val", "test"])

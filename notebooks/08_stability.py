@@ -50,8 +50,8 @@ notebook.glue("n_seeds", n_seeds)
 notebook.glue("seed_list", ", ".join(str(s) for s in sorted(per_seed["seed"].unique())))
 finished, commit = source.get("finished", "?"), source.get("git_commit") or "?"
 notebook.glue("pooled_source", "this run folder's seeds batch" if kind == "this run" else
-          "the recorded batch shipped with the book (the command above, "
-          f"finished {finished}, code version {commit})")
+              "the recorded batch shipped with the book (the command above, "
+              f"finished {finished}, code version {commit})")
 print(f"{n_seeds} seeds ({kind})")
 
 # %% [markdown]
@@ -83,19 +83,20 @@ lin = deltas[deltas["experiment"] == "linear"].sort_values("label_fraction")
 small = lin[lin["label_fraction"] < 1.0]
 notebook.glue("n_lin_small_above", int((small["ci_low"] > 0).sum()))
 notebook.glue("n_lin_small", int(len(small)))
-notebook.glue("lin_small_fracs", ", ".join(tables.pct(f) for f in small["label_fraction"]))
+notebook.glue("lin_small_fracs",
+              ", ".join(tables.pct(f) for f in small["label_fraction"]))
 shown = [("lin_min", "linear", float(lin["label_fraction"].min())),
          ("ft_full", "finetune", 1.0), ("szl_min", "shenzhen_linear", 0.0625)]
 for tag, exp, f in shown:
     r = seeds.pooled_row(deltas, exp, f)
     notebook.glue(f"{tag}_frac", tables.pct(f))
     notebook.glue(tag, "not run" if r is None else
-              tables.fmt_ci(r["delta"], r["ci_low"], r["ci_high"], signed=True))
+                  tables.fmt_ci(r["delta"], r["ci_low"], r["ci_high"], signed=True))
     notebook.glue(f"{tag}_verdict",
-              "not run" if r is None else seeds.verdict(r["ci_low"], r["ci_high"]))
+                  "not run" if r is None else seeds.verdict(r["ci_low"], r["ci_high"]))
 for init, tag in (("moco", "moco"), (baseline, "base")):
     notebook.glue(f"sz_ft_{tag}",
-              seeds.auc_range(results, "shenzhen_finetune", backbone, init, 1.0))
+                  seeds.auc_range(results, "shenzhen_finetune", backbone, init, 1.0))
 notebook.glue("baseline", baseline)
 
 # %% [markdown]
