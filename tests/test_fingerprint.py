@@ -13,7 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from mocoxr import models, pairs, train
+from mocoxr import models, pairs
+from mocoxr.finetune import FinetuneConfig, finetune
+from mocoxr.pretrain import PretrainConfig, pretrain
+from mocoxr.probe import extract_features, fit_linear_probe, linear_probe, make_knn_monitor, state_dict_sha1
 
 MEAN, STD = 0.45, 0.25
 
@@ -32,11 +35,11 @@ def fingerprint(tmp) -> tuple[dict, dict]:
     """(values compared with a tolerance, exact sha1s for a same-machine check)."""
     images = _images()
     rows, y = np.arange(32), np.arange(32) % 2
-    cfg = train.PretrainConfig(backbone="resnet18", init="random", image_size=32, batch_size=16,
+    cfg = PretrainConfig(backbone="resnet18", init="random", image_size=32, batch_size=16,
                                epochs=2, lr_drops=(0.5,), queue_size=64, momentum=0.99,
                                bn_splits=4, device="cpu", monitor_every=2)
-    mon = train.make_knn_monitor(images, rows[:16], y[:16], rows[16:], y[16:], MEAN, STD, 32, k=5)
-    res = train.pretrain(images, rows, cfg, tmp / "pre", MEAN, STD, monitor=mon, progress=False)
+    mon = make_knn_monitor(images, rows[:16], y[:16], rows[16:], y[16:], MEAN, STD, 32, k=5)
+    res = pretrain(images, rows, cfg, tmp / "pre", MEAN, STD, monitor=mon, progress=False)
     log = res["log"]
     backbone = torch.load(res["backbone"], weights_only=True)
     # MedAug pairs: keys from another image of the same patient
@@ -44,21 +47,21 @@ def fingerprint(tmp) -> tuple[dict, dict]:
     m["study"], m["view"] = m["patient"] + "/s0", "frontal"
     sampler = pairs.PairSampler("same_patient", False,
                                 pairs.candidate_table(m, rows, "same_patient"), images)
-    pcfg = train.PretrainConfig(backbone="resnet18", init="random", image_size=32, batch_size=8,
+    pcfg = PretrainConfig(backbone="resnet18", init="random", image_size=32, batch_size=8,
                                 epochs=1, max_steps=2, queue_size=32, device="cpu",
                                 positive_pairs="same_patient", channels_last="off")
-    pres = train.pretrain(images, rows, pcfg, tmp / "pairs", MEAN, STD, progress=False,
+    pres = pretrain(images, rows, pcfg, tmp / "pairs", MEAN, STD, progress=False,
                           pairs=sampler)
     net = models.create_backbone("resnet18", init=res["backbone"])
-    feats = train.extract_features(net, images, rows, MEAN, STD, 32, batch_size=8)
+    feats = extract_features(net, images, rows, MEAN, STD, 32, batch_size=8)
     tr, va, te = rows[:16], rows[16:24], rows[24:]
-    logreg = train.linear_probe(feats[tr], y[tr], feats[te], val=(feats[va], y[va]))
-    adam, info = train.linear_probe(feats[tr], y[tr], feats[te], method="adam", epochs=3,
-                                    val=(feats[va], y[va]), return_info=True)
-    fcfg = train.FinetuneConfig(image_size=32, batch_size=8, max_epochs=2, device="cpu",
+    logreg = linear_probe(feats[tr], y[tr], feats[te], val=(feats[va], y[va]))
+    adam, info = fit_linear_probe(feats[tr], y[tr], feats[te], method="adam", epochs=3,
+                                  val=(feats[va], y[va]))
+    fcfg = FinetuneConfig(image_size=32, batch_size=8, max_epochs=2, device="cpu",
                                 head_warmup_epochs=1, encoder_lr_scale=0.5)
-    ft, hist = train.finetune("resnet18", str(res["backbone"]), images, tr, y[tr], va, y[va], te,
-                              MEAN, STD, fcfg, return_history=True)
+    ft, hist = finetune("resnet18", str(res["backbone"]), images, tr, y[tr], va, y[va], te,
+                        MEAN, STD, fcfg)
     values = {
         "loss": log["loss"].tolist()[1:], "lr": log["lr"].tolist(),
         "knn_auc": log["knn_auc"].dropna().tolist(), "linear_auc": log["linear_auc"].dropna().tolist(),
@@ -69,7 +72,7 @@ def fingerprint(tmp) -> tuple[dict, dict]:
         "finetune": ft.tolist(), "finetune_loss": hist["train_loss"].tolist(),
     }
     sha = lambda b: hashlib.sha1(b).hexdigest()  # noqa: E731
-    exact = {"backbone": train.state_dict_sha1(net), "features": sha(feats.tobytes()),
+    exact = {"backbone": state_dict_sha1(net), "features": sha(feats.tobytes()),
              "log": sha(log.to_csv(index=False).encode()),
              "pairs_log": sha(pres["log"].to_csv(index=False).encode()),
              "probes": sha(logreg.tobytes() + adam.tobytes()), "finetune": sha(ft.tobytes()),
