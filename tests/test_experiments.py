@@ -144,7 +144,7 @@ def test_finetune_key_holds_labels_data_and_code(setup, monkeypatch):
     kw = dict(mean=MEAN, std=STD, image_size=32, out_dir=out, fractions=[1.0], max_draws=1,
               max_epochs=1, n_boot=20, batch_size=8, device="cpu", progress=False)
     calls = []
-     train.finetune=real = finetune.finetune= train.finetune
+    real = finetune.finetune
     monkeypatch.setattr(finetune, "finetune", lambda *a, **k: calls.append(1) or real(*a, **k))
     one = {"moco": backbones["moco"]}
     experiments.run_finetune_experiment(prep, images, one, "resnet18", **kw)

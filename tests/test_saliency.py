@@ -190,7 +190,7 @@ def test_finetune_keeps_first_draw_models_that_reproduce_their_predictions(tmp_p
     assert saliency.grad_cam_rows(model, images, rows[:2], 0.4, 0.25, 32).shape == (2, 32, 32)
     # reused when kept; a missing kept model is trained again (draw 0 only)
     calls = []
-     train.finetune=real = finetune.finetune= train.finetune
+    real = finetune.finetune
     monkeypatch.setattr(finetune, "finetune", lambda *a, **k: calls.append(k) or real(*a, **k))
     experiments.run_finetune_experiment(prep, images, {"random": "random"}, "resnet18", **kw)
     assert calls == []
