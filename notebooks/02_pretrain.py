@@ -145,8 +145,9 @@ print(f"m = {cfg.momentum}: the key weights moved by (1 - m) x (query - key):",
 # configured), the loss against the queue, backward and an Adam step for the query encoder, the
 # momentum update of the key encoder, and the new keys pushed into the queue. Every random draw
 # derives from `(seed, step)`, which is what lets the loop below resume exactly. At step 0 the
-# key encoder is still a copy of the query encoder, and the queue holds random unit vectors,
-# so the loss starts near $\ln(K+1)$.
+# key encoder is still a copy of the query encoder and the queue holds random unit vectors, easy
+# to tell from the true key: the loss starts below chance, $\ln(K+1)$, and rises as the queue
+# fills with real keys (the curves below).
 
 # %%
 dev = runtime.resolve_device(cfg.device)
@@ -155,7 +156,7 @@ batch = torch.from_numpy(np.ascontiguousarray(ds.images[np.sort(train_rows[:cfg.
 first_weight = net.encoder_q.conv1.weight.detach().clone()
 loss0 = pretraining.pretrain_step(net.train(), optimizer, cfg, step=0, lr=cfg.lr,
                                   x=batch.to(dev), xk=batch.to(dev), mean=ds.mean, std=ds.std)
-print(f"loss {float(loss0):.3f} (ln(K+1) = {np.log(cfg.queue_size + 1):.3f}); queue pointer "
+print(f"loss {float(loss0):.3f} (chance ln(K+1) = {np.log(cfg.queue_size + 1):.3f}); queue pointer "
       f"{int(net.queue_ptr)} (= batch {cfg.batch_size}); query encoder changed: "
       f"{not torch.equal(first_weight, net.encoder_q.conv1.weight)}")
 del net, optimizer
