@@ -56,14 +56,14 @@ import numpy as np
 import pandas as pd
 from IPython.display import display
 
-from mocoxr import book, evaluate, experiments, plots, tables, train
+from mocoxr import book, evaluate, experiments, plots, probe, tables
 
 paths = book.run_paths(run_dir)
 book.glue("backbone_name", backbone)
 folder = book.chexpert_folder(run_dir, data_dir, phantom, seed=seed)
 ds = book.load_dataset(run_dir, "chexpert", folder, image_size, chexpert, seed=seed)
 backbones = {"moco": str(paths.moco_backbone(backbone)), baseline: baseline}
-epochs = {f: min(train.probe_epochs(f), finetune["max_epochs"] or 10**9)
+epochs = {f: min(probe.probe_epochs(f), finetune["max_epochs"] or 10**9)
           for f in chexpert["fractions"]}
 fractions = finetune["fractions"] or chexpert["fractions"]
 keep = (min(fractions), max(fractions))  # models kept for Grad-CAM and calibration
@@ -216,13 +216,14 @@ book.glue("cam_area", float(masks.mean()) if masks is not None else float("nan")
 
 # %%
 from mocoxr import calibration
+from mocoxr import finetune as finetuning  # `finetune` is the parameters' dict
 
 val_rows = ds.prepared.rows("val")
 y_val, cal_inputs = ds.prepared.labels(val_rows), {}
 for f in (f_small, f_large):
     for init in backbones:
         model = experiments.load_finetuned(paths.root, "finetune", backbone, init, f)
-        p_val = train.predict(model, ds.images, val_rows, ds.mean, ds.std, image_size)
+        p_val = finetuning.predict(model, ds.images, val_rows, ds.mean, ds.std, image_size)
         _, y_test, p_test = evaluate.load_predictions(paths.predictions, "finetune",
                                                       backbone, init, f, 0)
         cal_inputs[init, f] = (y_val, p_val, y_test, p_test)
