@@ -11,7 +11,7 @@ Both paths read the same synthetic CheXpert tree (``mocoxr.phantom.generate_chex
 JPEG files in the real layout) and train the same ``mocoxr.moco.MoCo`` (random init, queue
 ``--queue``, Adam lr 1e-4, wd 1e-4) on the same rows:
 
-(a) **fast path** = ``mocoxr.train.pretrain`` as the notebooks call it: the JPEGs decoded once
+(a) **fast path** = ``mocoxr.pretrain.pretrain`` as the notebooks call it: the JPEGs decoded once
     into the uint8 memmap cache (``mocoxr.data.cache``; its build time is reported separately),
     batches read by a background thread (pinned, non-blocking copies on CUDA), augmentations
     batched on the device (``augment.augment_batch``), bf16 autocast on CUDA, channels_last on
@@ -53,7 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
-from mocoxr import data, experiments, moco, phantom, train  # noqa: E402
+from mocoxr import data, experiments, moco, phantom, pretrain, probe, runtime  # noqa: E402
 
 PRESETS: dict[str, dict] = {
     # 2 shared CPU cores: small images and batch, one backbone
@@ -66,8 +66,8 @@ PRESETS: dict[str, dict] = {
     # need ~70 GB of activations)
     "h100": dict(device="cuda", backbones="resnet18,densenet121", size=320, batch=256,
                  batch_densenet121=128, warmup=10, steps=40, patients=500,
-                 workers=min(16, os.cpu_count() or 1), queue=24576, feature_images=20480,
-                 feature_batch=256),
+                 workers=min(16, os.cpu_count() or 1), queue=moco.QUEUE_SIZE_MOCO_CXR,
+                 feature_images=20480, feature_batch=256),
     # end-to-end check of this script (tests/test_benchmarks.py)
     "smoke": dict(device="cpu", backbones="resnet18", size=32, batch=4, warmup=1, steps=1,
                   patients=30, workers=1, queue=64, feature_images=16, feature_batch=8, n_boot=20,
@@ -143,16 +143,16 @@ def run_fast_path(d: dict, backbone: str, batch: int, size: int, queue: int, war
                   steps: int, device: torch.device, out: Path,
                   on_step: Callable[[int], None], compile_: bool = False,
                   compile_backend: str = "inductor") -> float:
-    """``train.pretrain`` for ``warmup + steps`` steps on tiled training rows, calling
+    """``pretrain.pretrain`` for ``warmup + steps`` steps on tiled training rows, calling
     ``on_step(step)`` (device synchronised) before training (step 0), after every
     gcd(warmup, steps) steps and at the end, from the loop's monitor hook, so the final
     checkpoint write falls outside the window. Returns the wall time of the whole call."""
     every = math.gcd(warmup, steps)
     total = warmup + steps
-    cfg = train.PretrainConfig(
-        backbone=backbone, init="random", image_size=size, batch_size=batch, epochs=1,
-        max_steps=total, queue_size=queue, lr_drops=(), device=str(device),
-        monitor_every=every, compile=compile_, compile_backend=compile_backend)
+    cfg = pretrain.PretrainConfig(
+           backbone=backbone, init="random", image_size=size, batch_size=batch, epochs=1,
+           max_steps=total, queue_size=queue, lr_drops=(), device=str(device),
+           monitor_every=every, compile=compile_, compile_backend=compile_backend)
     calls = [0]
 
     def hook(_encoder) -> dict:
@@ -163,8 +163,8 @@ def run_fast_path(d: dict, backbone: str, batch: int, size: int, queue: int, war
 
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    train.pretrain(d["images"], tiled_rows(d["train_rows"], total * batch), cfg, out, d["mean"],
-                   d["std"], monitor=hook, progress=False)
+    pretrain.pretrain(d["images"], tiled_rows(d["train_rows"], total * batch), cfg, out, d["mean"],
+                      d["std"], monitor=hook, progress=False)
     wall = time.perf_counter() - t0
     shutil.rmtree(out, ignore_errors=True)
     assert calls[0] == total // every + 1, (calls[0], total, every)
@@ -173,7 +173,7 @@ def run_fast_path(d: dict, backbone: str, batch: int, size: int, queue: int, war
 
 def bench_fast(d: dict, backbone: str, batch: int, args, device: torch.device, work: Path,
                compile_: bool = False) -> dict:
-    """Steady-state images/s of ``train.pretrain`` (one run, clock read by its monitor)."""
+    """Steady-state images/s of ``pretrain.pretrain`` (one run, clock read by its monitor)."""
     warmup, steps = max(1, args.warmup), max(1, args.steps)
     stamps: dict[int, float] = {}
     wall = run_fast_path(d, backbone, batch, args.size, args.queue, warmup, steps, device,
@@ -280,7 +280,7 @@ def bench_reference(d: dict, backbone: str, batch: int, args, device: torch.devi
 
 
 def bench_features(d: dict, backbone: str, args, device: torch.device) -> dict:
-    """``train.extract_features`` as the notebooks call it (channels_last auto) and, side by
+    """``probe.extract_features`` as the notebooks call it (channels_last auto) and, side by
     side on the same rows, with NCHW tensors (``channels_last="off"``)."""
     rows = tiled_rows(np.arange(len(d["images"])), args.feature_images, seed=2)
     kw = dict(mean=d["mean"], std=d["std"], image_size=args.size,
@@ -288,11 +288,11 @@ def bench_features(d: dict, backbone: str, args, device: torch.device) -> dict:
     out: dict = {"images": len(rows)}
     for label, setting in (("nchw", "off"), ("default", "auto")):
         net = moco.MoCo(backbone, init="random", queue_size=16, seed=0).encoder_q
-        train.extract_features(net, d["images"], rows[: 2 * args.feature_batch],
+        probe.extract_features(net, d["images"], rows[: 2 * args.feature_batch],
                                channels_last=setting, **kw)  # warm-up
         sync(device)
         t0 = time.perf_counter()
-        feats = train.extract_features(net, d["images"], rows, channels_last=setting, **kw)
+        feats = probe.extract_features(net, d["images"], rows, channels_last=setting, **kw)
         sync(device)
         dt = time.perf_counter() - t0
         key = "images_per_s" if label == "default" else "images_per_s_nchw"
@@ -305,7 +305,7 @@ def bench_loaders(d: dict, batch: int, args, device: torch.device) -> dict:
     """The data paths alone, no model: how many images/s each can supply at most.
 
     ``fast``: the fast path's prefetch function (cache rows -> uint8 tensor, pinned on CUDA),
-    one thread, as ``train.pretrain`` runs it; the augmentations then run batched on the device.
+    one thread, as ``pretrain.pretrain`` runs it; the augmentations then run batched on the device.
     ``reference``: the reference DataLoader (PIL decode + two torchvision views per image in
     ``--workers`` processes), iterated without a model. When the reference's model step is
     faster than its loader, the reference is bound by its data path.
@@ -316,7 +316,7 @@ def bench_loaders(d: dict, batch: int, args, device: torch.device) -> dict:
     for i in range(warmup + steps):
         if i == warmup:
             t0 = time.perf_counter()
-        train._load_batch(d["images"], rows[i * batch:(i + 1) * batch], pin)
+        runtime.load_batch(d["images"], rows[i * batch:(i + 1) * batch], pin)
     fast = steps * batch / (time.perf_counter() - t0)
     loader = reference_loader(d, rows, batch, args, device)
     for i, _ in enumerate(loader):
@@ -409,7 +409,7 @@ def main(argv=None) -> dict:
 
 
 def _main(args: argparse.Namespace, argv) -> dict:
-    device = train.resolve_device(args.device)
+    device = runtime.resolve_device(args.device)
     if device.type == "cuda":
         if device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mocoxr import data, evaluate, experiments, phantom, train
+from mocoxr import checkpoint, data, evaluate, experiments, phantom, pretrain, probe
 
 
 def main() -> None:
@@ -89,13 +89,13 @@ def main() -> None:
     mean, std = data.image_stats(images, train_rows)
     t_data = time.time() - t0
 
-    cfg = train.PretrainConfig(backbone=a.backbone, init="random", image_size=a.image_size,
-                               batch_size=a.batch, epochs=10_000, max_steps=a.steps, lr=a.lr,
-                               queue_size=a.queue, momentum=a.momentum, temperature=a.temperature,
-                               seed=a.seed, device="cpu", augment=json.loads(a.augment),
-                               bn_splits=a.bn_splits)
-    run_key = hashlib.sha1(json.dumps([data_key, train.config_dict(cfg)], sort_keys=True,
-                                      default=str).encode()).hexdigest()[:10]
+    cfg = pretrain.PretrainConfig(backbone=a.backbone, init="random", image_size=a.image_size,
+                                  batch_size=a.batch, epochs=10_000, max_steps=a.steps, lr=a.lr,
+                                  queue_size=a.queue, momentum=a.momentum, temperature=a.temperature,
+                                  seed=a.seed, device="cpu", augment=json.loads(a.augment),
+                                  bn_splits=a.bn_splits)
+    run_key = hashlib.sha1(json.dumps([data_key, checkpoint.config_dict(cfg)], sort_keys=True,
+                                           default=str).encode()).hexdigest()[:10]
     pre_dir = work / "pretrain" / run_key
     if a.extend and not (pre_dir / "checkpoint.pt").exists():  # raising max_steps resumes a run
         pre_dir.mkdir(parents=True, exist_ok=True)
@@ -105,11 +105,11 @@ def main() -> None:
     monitor = None
     if a.monitor_every:
         cfg.monitor_every = a.monitor_every
-        monitor = train.make_knn_monitor(images, train_rows, prep.labels(train_rows),
+        monitor = probe.make_knn_monitor(images, train_rows, prep.labels(train_rows),
                                          prep.rows("val"), prep.labels(prep.rows("val")),
                                          mean, std, a.image_size)
-    out = train.pretrain(images, train_rows, cfg, pre_dir, mean, std, monitor=monitor,
-                         progress=False)
+    out = pretrain.pretrain(images, train_rows, cfg, pre_dir, mean, std, monitor=monitor,
+                            progress=False)
     if "knn_auc" in out["log"]:
         curve = out["log"].dropna(subset=["knn_auc"])
         print(f"[{a.tag}] knn: " + " ".join(f"{int(s)}:{v:.3f}" for s, v in

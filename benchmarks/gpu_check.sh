@@ -5,7 +5,7 @@
 #
 # 1. the CUDA tests (bf16 + channels_last fast path, CPU/GPU agreement, pinned prefetch,
 #    augmentations on the GPU) and a real `torchrun --nproc_per_node 2` launch of
-#    mocoxr.distributed (gloo, CPU processes);
+#    mocoxr.torchrun_pretrain (gloo, CPU processes);
 # 2. the benchmark at the paper's resolution: ResNet18 (batch 256) and DenseNet121 (batch 128)
 #    at 320 px, fast path vs the MoCo-CXR reference loop, the two data paths alone, feature
 #    extraction (channels-last and NCHW), probe sweep, matrix FLOPs per image and TFLOP/s;
@@ -34,7 +34,7 @@ nproc; uptime
 
 step "1. CUDA tests + real torchrun (expect ~1-2 min)"
 MOCOXR_TORCHRUN_TEST=1 timeout 240 $PY -m pytest -q -p no:cacheprovider -rs \
-    tests/test_fastpath.py tests/test_augment.py \
+    tests/test_pretrain.py tests/test_augment.py \
     "tests/test_distributed.py::test_real_torchrun_resumes_a_one_process_run_on_two_processes" \
     "tests/test_distributed.py::test_two_process_step_matches_the_per_rank_bn_reference" \
     || status=1

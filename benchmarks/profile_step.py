@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Where the time of a MoCo pretraining step goes: ``torch.profiler`` over a few steady-state
-steps of ``mocoxr.train.pretrain`` (the fast path as the notebooks run it).
+steps of ``mocoxr.pretrain.pretrain`` (the fast path as the notebooks run it).
 
     python benchmarks/profile_step.py                                  # CPU, 64 px, batch 32
     python benchmarks/profile_step.py --device cuda --size 320 --batch 256 --out $OUT
@@ -33,7 +33,7 @@ for path in (ROOT, ROOT / "benchmarks"):
 
 import bench_pretrain  # noqa: E402
 
-from mocoxr import train  # noqa: E402
+from mocoxr import runtime  # noqa: E402
 
 PHASES = ("mocoxr.wait_batch", "mocoxr.augment", "mocoxr.forward", "mocoxr.backward",
           "mocoxr.optimizer")
@@ -67,7 +67,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = train.resolve_device(args.device)
+    device = runtime.resolve_device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     work = Path(args.work)

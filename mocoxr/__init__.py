@@ -2,8 +2,9 @@
 
 Stages, one module each: ``data`` (readers, splits, label-fraction subsets), ``phantom``
 (synthetic radiographs in the real on-disk formats), ``cache`` (decoded images), ``augment``,
-``models``, ``moco``, ``train``, ``evaluate``, ``experiments`` (sweeps) and ``book`` (profiles,
-papermill runs, site build). ``weights`` holds the model card and
+``models``, ``moco``, ``pretrain`` (its files in ``checkpoint``, torch.distributed in
+``distributed``, devices and batches in ``runtime``), ``probe``, ``finetune``, ``evaluate``,
+``experiments`` (sweeps) and ``book`` (profiles, papermill runs, site build). ``weights`` holds the model card and
 ``mocoxr.load_backbone(path)``, which loads an exported backbone in one line.
 """
 

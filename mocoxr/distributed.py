@@ -1,215 +1,150 @@
-"""MoCo pretraining from the command line, on one process or many with ``torchrun``.
+"""All of torch.distributed in one place: what a run on several processes (``torchrun``) needs.
 
-One process (CPU, or one GPU)::
+- ``is_distributed`` / ``dist_info``: whether a group of more than one process is initialised,
+  and this process's ``(rank, world_size)``.
+- ``rank_slice``: this rank's contiguous share of a global batch.
+- ``concat_all_gather``, ``batch_shuffle`` / ``batch_unshuffle``: the keys gathered into every
+  rank's queue, and shuffle-BN across processes (``moco.MoCo.keys``): the key images are
+  all-gathered, permuted with one permutation broadcast from rank 0, and each rank gets a
+  different slice; ``batch_unshuffle`` undoes it (per-rank batch sizes may differ).
+- ``wrap_ddp`` and ``distributed_loss``: DistributedDataParallel and the loss scaling that makes
+  its averaged gradient the gradient of the global-batch mean.
 
-    python -m mocoxr.distributed --images runs/full/cache/chexpert_320px.npy \\
-        --manifest runs/full/chexpert.csv --split train --out runs/full/moco_resnet18 \\
-        --set backbone=resnet18 --set batch_size=256 --set init=imagenet
-
-N GPUs of one node (several nodes: ``--nnodes``, ``--node_rank``, ``--rdzv_endpoint``)::
-
-    torchrun --standalone --nproc_per_node N -m mocoxr.distributed <same arguments>
-
-Every process runs :func:`mocoxr.train.pretrain` with the same arguments; ``batch_size`` is the
-*global* batch (each rank trains on its slice), the MoCo model runs in DistributedDataParallel
-with shuffle-BN and keys gathered from all ranks into the queue, and rank 0 alone writes
-``checkpoint.pt``, ``loss_log.csv`` and ``backbone.pt`` (see the ``train`` module docstring).
-Rerunning the same command resumes from ``out/checkpoint.pt``, on any number of processes: the
-checkpoint holds the global step and the global batch, which a new world size splits anew.
-
-Configuration: ``--config cfg.json`` (an object of :class:`mocoxr.train.PretrainConfig` fields)
-and/or ``--set FIELD=VALUE`` (repeatable; VALUE read as JSON when it parses, e.g. ``max_steps=100``,
-``lr_drops=[0.6,0.9]``, ``augment={"scale":[1,1]}``, else as a string). The process group uses
-NCCL on CUDA and gloo on CPU (``--backend`` to override). ``out/pretrain_cli.json`` records the
-inputs (images, rows, mean, std, world size) of the last launch. MedAug positive pairs
-(``--set positive_pairs=same_study``, ``mocoxr.pairs``) need ``--manifest``: keys come from the
-manifest's own rows (with ``pair_laterals``, its lateral rows, if it keeps any).
+In a single process every helper is an identity (``dist_info() == (0, 1)``), so the training
+code calls them unconditionally. The command-line launcher is ``mocoxr.torchrun_pretrain``.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
-import os
-import sys
-import time
-from datetime import timedelta
-from pathlib import Path
-from typing import Any, Sequence
+import inspect
 
-import numpy as np
-import pandas as pd
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from mocoxr import data, pairs, train
-
-__all__ = ["parse_sets", "make_config", "load_rows", "env_world", "main"]
-
-
-def parse_sets(items: Sequence[str]) -> dict[str, Any]:
-    """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}`` (values read as JSON when they parse)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--set expects FIELD=VALUE, got {item!r}")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
+__all__ = ["is_distributed", "dist_info", "rank_slice", "concat_all_gather", "batch_shuffle",
+           "batch_unshuffle", "wrap_ddp", "distributed_loss", "barrier"]
 
 
-def make_config(config_file: str | Path | None = None, sets: Sequence[str] = ()) -> train.PretrainConfig:
-    """A PretrainConfig from an optional JSON file, then ``--set`` overrides."""
-    values: dict[str, Any] = {}
-    if config_file is not None:
-        path = Path(config_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"--config {path}: no such file")
-        try:
-            values = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"--config {path}: not valid JSON ({err})") from err
-        if not isinstance(values, dict):
-            raise ValueError(f"--config {path}: expected a JSON object of PretrainConfig fields")
-    values.update(parse_sets(sets))
-    fields = {f.name for f in dataclasses.fields(train.PretrainConfig)}
-    unknown = sorted(set(values) - fields)
-    if unknown:
-        raise ValueError(f"unknown PretrainConfig field(s) {unknown}; known: {sorted(fields)}")
-    if "lr_drops" in values:
-        values["lr_drops"] = tuple(values["lr_drops"])
-    return train.PretrainConfig(**values)
+def is_distributed() -> bool:
+    """True when torch.distributed is initialised with more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def load_rows(n_images: int, rows_file: str | Path | None = None,
-              manifest: str | Path | None = None, split: str | None = None) -> np.ndarray:
-    """Training rows: a ``.npy`` of row indices, the rows of a manifest ``split``, or all rows."""
-    if rows_file is not None and manifest is not None:
-        raise ValueError("give --rows or --manifest/--split, not both")
-    if rows_file is not None:
-        rows = np.load(rows_file)
-    elif manifest is not None:
-        import pandas as pd
-
-        df = pd.read_csv(manifest)
-        if len(df) != n_images:
-            raise ValueError(f"manifest {manifest} has {len(df)} rows but the image cache has "
-                             f"{n_images}: pass the cache built from this manifest")
-        if split is None:
-            rows = np.arange(len(df))
-        else:
-            if "split" not in df.columns:
-                raise ValueError(f"manifest {manifest} has no 'split' column")
-            rows = np.flatnonzero(df["split"].to_numpy() == split)
-            if rows.size == 0:
-                raise ValueError(f"manifest {manifest} has no rows with split == {split!r}")
-    else:
-        rows = np.arange(n_images)
-    return np.asarray(rows, dtype=np.int64)
+def dist_info() -> tuple[int, int]:
+    """``(rank, world_size)`` of the initialised torch.distributed group; ``(0, 1)`` otherwise."""
+    if is_distributed():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
-def env_world() -> tuple[int, int, int]:
-    """``(rank, world_size, local_rank)`` from torchrun's environment; ``(0, 1, 0)`` without it."""
-    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-            int(os.environ.get("LOCAL_RANK", 0)))
+def barrier() -> None:
+    """Wait for every rank (nothing to wait for in one process)."""
+    if is_distributed():
+        dist.barrier()
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m mocoxr.distributed",
-                                description="MoCo v2 pretraining (one process or torchrun).")
-    p.add_argument("--images", required=True, help="decoded-image cache, .npy uint8 (N, H, W)")
-    p.add_argument("--out", required=True, help="run folder (checkpoint, log, backbone)")
-    p.add_argument("--rows", help=".npy of the row indices to train on (default: all rows)")
-    p.add_argument("--manifest", help="dataset manifest CSV row-aligned with the cache")
-    p.add_argument("--split", help="with --manifest: train on rows of this split (e.g. train)")
-    p.add_argument("--config", help="JSON object of PretrainConfig fields")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override one PretrainConfig field (repeatable)")
-    p.add_argument("--mean", type=float, help="pixel mean in [0, 1] (default: from the rows)")
-    p.add_argument("--std", type=float, help="pixel std in [0, 1] (default: from the rows)")
-    p.add_argument("--backend", default="auto", choices=["auto", "nccl", "gloo"])
-    p.add_argument("--threads", type=int, help="torch intra-op threads per process")
-    p.add_argument("--timeout-min", type=float, default=60.0,
-                   help="collective timeout in minutes (a long monitor on rank 0 makes the "
-                        "others wait)")
-    p.add_argument("--no-progress", action="store_true")
-    return p
+def rank_slice(n: int, rank: int, world: int) -> slice:
+    """This rank's contiguous share of a global batch of ``n`` (shares differ by at most one)."""
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"rank must be in [0, world) with world >= 1, got rank={rank}, world={world}")
+    base, extra = divmod(int(n), world)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (1 if rank < extra else 0))
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
-    """Parse ``argv``, join the torchrun group when there is one, run ``train.pretrain``."""
-    args = _parser().parse_args(argv)
-    rank, world, local_rank = env_world()
-    cfg = make_config(args.config, args.set)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = train.resolve_device(cfg.device)
-    if device.type == "cuda":
-        if world > 1 or device.index is None:
-            device = torch.device("cuda", local_rank if device.index is None else device.index)
-        torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest conv algorithms
-        cfg = dataclasses.replace(cfg, device=str(device))  # "device" may change on resume
-    started = world > 1 and not dist.is_initialized()
-    if started:
-        backend = args.backend if args.backend != "auto" else (
-            "nccl" if device.type == "cuda" else "gloo")
-        dist.init_process_group(backend, timeout=timedelta(minutes=args.timeout_min))
-    try:
-        images_path = Path(args.images)
-        if not images_path.is_file():
-            raise FileNotFoundError(f"--images {images_path}: no such file (build it with "
-                                    "mocoxr.data.load_image_cache)")
-        images = np.load(images_path, mmap_mode="r")
-        rows = load_rows(len(images), args.rows, args.manifest, args.split)
-        if args.mean is None or args.std is None:
-            mean, std = data.image_stats(images, rows)
-        else:
-            mean, std = float(args.mean), float(args.std)
-        out = Path(args.out)
-        ckpt = out / "checkpoint.pt"
-        if rank == 0:
-            if ckpt.exists():
-                saved = train.load_checkpoint(ckpt)
-                print(f"resuming from step {saved['step']} of {out} (written by "
-                      f"{saved.get('world_size', 1)} process(es)) on {world} process(es)",
-                      flush=True)
-            else:
-                print(f"starting {out} on {world} process(es), device {device}, global batch "
-                      f"{cfg.batch_size}", flush=True)
-        sampler = None  # MedAug pairs: from the manifest's patients/studies (its own views)
-        if cfg.positive_pairs != "image":
-            if args.manifest is None:
-                raise ValueError(f"positive_pairs={cfg.positive_pairs!r} needs --manifest "
-                                 "(patient and study of every cache row)")
-            table = pairs.candidate_table(pd.read_csv(args.manifest), rows, cfg.positive_pairs,
-                                          cfg.pair_laterals)
-            sampler = pairs.PairSampler(cfg.positive_pairs, cfg.pair_laterals, table, images)
-        t0 = time.perf_counter()
-        res = train.pretrain(images, rows, cfg, out, mean, std,
-                             progress=not args.no_progress and rank == 0, pairs=sampler)
-        if rank == 0:
-            info = {"images": str(images_path.resolve()), "n_rows": int(len(rows)),
-                    "mean": mean, "std": std, "world_size": world, "device": str(device),
-                    "config": train.config_dict(cfg), "step": res["step"],
-                    "cached": res["cached"], "seconds": round(time.perf_counter() - t0, 3)}
-            train._atomic_write(out / "pretrain_cli.json",
-                                lambda fh: fh.write(json.dumps(info, indent=1)), mode="w")
-            print(f"done: step {res['step']}{' (already finished)' if res['cached'] else ''}; "
-                  f"backbone {res['backbone']}", flush=True)
-        return res
-    finally:
-        if started:
-            dist.destroy_process_group()
+def _gather_varlen(x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """all_gather along dim 0 allowing a different length on each rank; returns (concat, lengths)."""
+    world = dist.get_world_size()
+    n = torch.tensor([x.shape[0]], device=x.device, dtype=torch.long)
+    sizes_t = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes_t, n)
+    sizes = [int(s.item()) for s in sizes_t]
+    n_max = max(sizes)
+    if x.shape[0] < n_max:
+        x = torch.cat([x, x.new_zeros((n_max - x.shape[0], *x.shape[1:]))])
+    parts = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat([p[:s] for p, s in zip(parts, sizes)]), sizes
 
 
-if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+@torch.no_grad()
+def concat_all_gather(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from all ranks along dim 0, in rank order (no gradient).
+
+    Ranks may hold different numbers of rows. Returns ``x`` itself outside distributed runs.
+    """
+    if not is_distributed():
+        return x
+    return _gather_varlen(x)[0]
+
+
+@torch.no_grad()
+def batch_shuffle(
+    x: torch.Tensor, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Shuffle-BN, step 1: give this rank a random slice of the global batch.
+
+    Gathers ``x`` from all ranks, permutes the global batch with one permutation drawn on rank 0
+    (from ``generator`` or the global RNG) and broadcast, and returns this rank's slice (same size
+    as its input) plus the inverse permutation for :func:`batch_unshuffle`. In a single process it
+    returns ``(x, None)``: BatchNorm sees the whole batch either way, so shuffling would be a no-op.
+    """
+    if not is_distributed():
+        return x, None
+    x_all, sizes = _gather_varlen(x)
+    perm = torch.randperm(x_all.shape[0], generator=generator).to(x.device)
+    dist.broadcast(perm, src=0)
+    rank = dist.get_rank()
+    start = sum(sizes[:rank])
+    return x_all[perm[start : start + sizes[rank]]], torch.argsort(perm)
+
+
+@torch.no_grad()
+def batch_unshuffle(x: torch.Tensor, idx_unshuffle: torch.Tensor | None) -> torch.Tensor:
+    """Shuffle-BN, step 2: return to each rank the outputs of its own original samples, in order."""
+    if idx_unshuffle is None:
+        return x
+    x_all, sizes = _gather_varlen(x)
+    rank = dist.get_rank()
+    start = sum(sizes[:rank])
+    return x_all[idx_unshuffle[start : start + sizes[rank]]]
+
+
+def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` in DistributedDataParallel when distributed (else ``model`` itself).
+
+    Only the query encoder and head have gradients, so only they are all-reduced. Buffers are
+    not broadcast at every forward (``broadcast_buffers=False``): the queue is kept identical on
+    every rank by construction (all ranks enqueue the same gathered keys) and broadcasting it
+    each step would only cost bandwidth; BatchNorm running statistics stay per rank (training
+    uses batch statistics; rank 0's are the ones saved, as in facebookresearch/moco). DDP's
+    constructor broadcasts rank 0's parameters and buffers once, so all ranks start equal.
+    """
+    if not is_distributed():
+        return model
+    ids = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else None
+    # torch >= 2.14 renames broadcast_buffers=False to forward_sync_buffers=False (both still
+    # sync at construction); older versions only know the first
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        return DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
+    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+
+
+def distributed_loss(loss: torch.Tensor, local_batch: int,
+                     global_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loss to backpropagate, detached global-batch mean loss)`` of one step.
+
+    DDP averages gradients over ranks; scaling the rank's mean loss by ``local_batch * world /
+    global_batch`` makes that average the gradient of the mean over the *global* batch, also
+    when the ranks' shares differ. The global mean is all-reduced for the log. Identity in a
+    single process.
+    """
+    if not is_distributed():
+        return loss, loss.detach()
+    w = local_batch / global_batch
+    mean = loss.detach() * w
+    dist.all_reduce(mean)
+    return loss * (w * dist.get_world_size()), mean

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mocoxr import evaluate, keys, models, store, train
+from mocoxr import checkpoint, evaluate, finetune, keys, models, probe, store
 
 EXPERIMENTS = ("linear", "finetune", "shenzhen_linear", "shenzhen_finetune")
 
@@ -89,9 +89,9 @@ def dataset_features(prepared: Any, images: np.ndarray, backbone_name: str, init
     model = models.create_backbone(backbone_name, init=spec, seed=seed)
     name = f"{_tag(prepared.name)}__{backbone_name}__{_tag(init_name)}__{image_size}px.npy"
     cache = Path(out_dir) / "features" / name
-    key = keys.sha([train.state_dict_sha1(model), keys.array_digest(images),
+    key = keys.sha([probe.state_dict_sha1(model), keys.array_digest(images),
                     keys.code_digest(keys.TRAINING_CODE)])
-    return train.extract_features(model, images, np.arange(len(prepared.manifest)), mean, std,
+    return probe.extract_features(model, images, np.arange(len(prepared.manifest)), mean, std,
                                   image_size, batch_size=batch_size, device=device,
                                   cache_file=cache, key=key)
 
@@ -137,7 +137,7 @@ def _write_results_locked(path: Path, rows: list[dict]) -> pd.DataFrame:
                       & (old["init"].astype(str) == str(r.init))
                       & np.isclose(old["label_fraction"], r.label_fraction)).to_numpy()
         if stale.any():
-            train._atomic_write(path, lambda fh: old[~stale].to_csv(fh, index=False), mode="w")
+            store.atomic_write(path, lambda fh: old[~stale].to_csv(fh, index=False), mode="w")
     evaluate.upsert_rows(path, rows, evaluate.RESULTS_COLUMNS, evaluate.RESULTS_KEY)
     return pd.DataFrame(rows, columns=evaluate.RESULTS_COLUMNS)
 
@@ -159,7 +159,7 @@ def run_linear_experiment(prepared: Any, images: np.ndarray, backbones: Mapping[
     ``backbones``: ``{init_name: "random" | "imagenet" | path to an exported backbone or
     MoCo checkpoint}`` (e.g. ``{"moco": ".../backbone.pt", "imagenet": "imagenet"}``).
     Features of all manifest rows are extracted once per (dataset, backbone, init) and cached;
-    the probe (``train.linear_probe``, C or epoch chosen on the val split) is fitted on each
+    the probe (``probe.linear_probe``, C or epoch chosen on the val split) is fitted on each
     subset's rows and scores the test split. ``standardize_on``: ``"train_split"`` fits the
     feature scaler on every training-split image (unlabelled: no label is used), ``"labelled"``
     on the subset's own rows only. Predictions go to ``out_dir/predictions``; rows
@@ -184,7 +184,7 @@ def run_linear_experiment(prepared: Any, images: np.ndarray, backbones: Mapping[
             scores, n_train = [], []
             for d in draws:
                 tr = prepared.subset_rows(f, d)
-                s = train.linear_probe(feats[tr], prepared.labels(tr), feats[test_rows],
+                s = probe.linear_probe(feats[tr], prepared.labels(tr), feats[test_rows],
                                        method=method, label_fraction=f, val=val, seed=seed + d,
                                        unlabelled_X=pool, **dict(probe_kwargs or {}))
                 evaluate.save_predictions(out_dir / "predictions", experiment, backbone_name,
@@ -210,10 +210,10 @@ def run_finetune_experiment(prepared: Any, images: np.ndarray, backbones: Mappin
                             head_warmup_epochs: int = 0, encoder_lr_scale: float = 1.0,
                             overwrite: bool = False, progress: bool = True,
                             keep_models: bool | Sequence[float] = False) -> pd.DataFrame:
-    """End-to-end fine-tuning (``train.finetune``) for every (init, label fraction, draw),
+    """End-to-end fine-tuning (``finetune.finetune``) for every (init, label fraction, draw),
     with at most ``max_draws`` draws per fraction and ``max_epochs`` epochs (CPU budgets), Adam
     at ``lr`` (the paper: 1e-4); ``head_warmup_epochs`` and ``encoder_lr_scale`` as in
-    ``train.FinetuneConfig``.
+    ``finetune.FinetuneConfig``.
 
     A model whose predictions exist and whose key (weights hash of the init, fine-tuning
     config, train rows) matches ``out_dir/finetune/<name>.json`` is not retrained unless
@@ -243,14 +243,14 @@ def run_finetune_experiment(prepared: Any, images: np.ndarray, backbones: Mappin
             scores, n_train = [], []
             for d in draws:
                 tr = prepared.subset_rows(f, d)
-                cfg = train.FinetuneConfig(image_size=image_size, batch_size=batch_size,
-                                           lr=lr, max_epochs=max_epochs, label_fraction=f,
-                                           seed=seed + d, device=device,
-                                           augment=dict(augment or {}),
-                                           head_warmup_epochs=head_warmup_epochs,
-                                           encoder_lr_scale=encoder_lr_scale)
+                cfg = finetune.FinetuneConfig(image_size=image_size, batch_size=batch_size,
+                                              lr=lr, max_epochs=max_epochs, label_fraction=f,
+                                              seed=seed + d, device=device,
+                                              augment=dict(augment or {}),
+                                              head_warmup_epochs=head_warmup_epochs,
+                                              encoder_lr_scale=encoder_lr_scale)
                 key = {"init": spec_key, "backbone": backbone_name,
-                       "config": train.config_dict(cfg),
+                       "config": checkpoint.config_dict(cfg),
                        "train_rows": [int(r) for r in tr], "val_rows_n": int(len(val_rows)),
                        "test_rows_n": int(len(test_rows)),
                        "train_labels": keys.labels_digest(prepared.labels(tr)), "data": data_key}
@@ -270,10 +270,10 @@ def run_finetune_experiment(prepared: Any, images: np.ndarray, backbones: Mappin
                         s = None
                 if s is None:
                     key_file.unlink(missing_ok=True)
-                    s, hist = train.finetune(backbone_name, spec, images, tr, prepared.labels(tr),
-                                             val_rows, y_val, test_rows, mean, std, cfg,
-                                             return_history=True, progress=progress,
-                                             save_model=keep)
+                    s, hist = finetune.finetune(backbone_name, spec, images, tr,
+                                                prepared.labels(tr), val_rows, y_val, test_rows,
+                                                mean, std, cfg, progress=progress,
+                                                save_model=keep)
                     hist.to_csv(state_dir / f"{name}__history.csv", index=False)
                     evaluate.save_predictions(pred_dir, experiment, backbone_name, init_name, f,
                                               d, test_rows, y_test, s)
@@ -294,7 +294,7 @@ def load_finetuned(out_dir: str | Path, experiment: str, backbone_name: str, ini
     if not path.is_file():
         raise FileNotFoundError(f"no kept fine-tuned model {path}: run run_finetune_experiment "
                                 "with keep_models=True")
-    model = train._replace_head(models.create_backbone(backbone_name), 0)
+    model = finetune.replace_head(models.create_backbone(backbone_name), 0)
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model.eval()
 

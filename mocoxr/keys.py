@@ -18,7 +18,8 @@ import numpy as np
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # the modules whose code decides what a trained model computes (cache keys of models/features)
-TRAINING_CODE = ("augment", "models", "moco", "train")
+TRAINING_CODE = ("augment", "checkpoint", "distributed", "finetune", "models", "moco", "pretrain",
+                 "probe", "runtime")
 _SMALL_FILE = 1 << 20  # files up to this size (CSVs, JSON) are hashed whole
 # the notebook parameters that describe one dataset; a notebook whose parameters all belong to
 # these groups (or are DATA_STEP_COMMON) only prepares data, and later steps see it per dataset

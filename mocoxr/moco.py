@@ -6,7 +6,8 @@ The pieces are small functions, each tested on its own; ``MoCo`` only wires them
 - ``update_momentum``: key encoder <- m * key encoder + (1 - m) * query encoder (buffers copied).
 - ``moco_logits`` / ``moco_loss``: InfoNCE with the positive at index 0 and the queue as negatives.
 - ``enqueue``: circular write of any number of keys into the (K, D) queue, wrapping around.
-- ``batch_shuffle`` / ``batch_unshuffle`` / ``concat_all_gather``: shuffle-BN across processes.
+- shuffle-BN across processes and the key gathering come from ``mocoxr.distributed``
+  (``batch_shuffle`` / ``batch_unshuffle`` / ``concat_all_gather``).
 
 One training step (``MoCo.forward``)::
 
@@ -28,9 +29,9 @@ sec. 3.3). Two mechanisms, one per set-up:
   the groups' (what G devices would each hold), and eval mode is ordinary BatchNorm; the
   parameters and buffers are BatchNorm2d's, so exported backbones stay plain torchvision.
   ``bn_splits = 1`` is ordinary BatchNorm over the whole batch (the shortcut stays open).
-- *several processes* (``torchrun``): ``batch_shuffle`` all-gathers the key images, applies one
-  permutation broadcast from rank 0, and hands each rank a different slice; ``batch_unshuffle``
-  undoes it (per-rank batch sizes may differ). In one process it is an identity. ``bn_splits``
+- *several processes* (``torchrun``): ``distributed.batch_shuffle`` all-gathers the key
+  images, applies one permutation broadcast from rank 0, and hands each rank a different slice;
+  ``batch_unshuffle`` undoes it (per-rank batch sizes may differ). In one process it is an identity. ``bn_splits``
   then also splits each rank's share.
 """
 
@@ -40,30 +41,30 @@ import copy
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
 from . import models
+from .distributed import batch_shuffle, batch_unshuffle, concat_all_gather
 
 __all__ = [
     "MOCO_DEFAULTS",
+    "QUEUE_SIZE_MOCO_CXR",
     "projection_head",
     "update_momentum",
     "moco_logits",
     "moco_loss",
     "init_queue",
     "enqueue",
-    "is_distributed",
-    "concat_all_gather",
-    "batch_shuffle",
-    "batch_unshuffle",
     "SplitBatchNorm2d",
     "split_batchnorm",
     "split_shuffle",
     "split_unshuffle",
     "MoCo",
 ]
+
+QUEUE_SIZE_MOCO_CXR = 24576  # MoCo-CXR main_moco.py --moco-k default ("fix size of our dataset");
+# r8w1n416.sh keeps it (facebookresearch/moco: 65536)
 
 MOCO_DEFAULTS: dict = {
     # Sowrirajan et al., MIDL 2021 (MoCo-CXR), pretraining setup, as also run by its reference
@@ -79,8 +80,8 @@ MOCO_DEFAULTS: dict = {
     "weight_decay": 1e-4,  # --wd 1e-4, passed to Adam
     "momentum": 0.999,  # --moco-m 0.999 (= facebookresearch/moco)
     "dim": 128,  # --moco-dim 128 (= facebookresearch/moco)
-    "queue_size": 65536,  # facebookresearch/moco --moco-k 65536 (MoCo-CXR's own default: 24576)
-    "queue_size_moco_cxr": 24576,  # MoCo-CXR main_moco.py --moco-k default ("fix size of our dataset")
+    "queue_size": 65536,  # facebookresearch/moco --moco-k 65536 (MoCo-CXR's own: below)
+    "queue_size_moco_cxr": QUEUE_SIZE_MOCO_CXR,
     "mlp_hidden": None,  # builder.py: hidden width = backbone feature width (2048 ResNet-50, 512 ResNet-18)
 }
 
@@ -174,72 +175,6 @@ def enqueue(queue: torch.Tensor, ptr: int, keys: torch.Tensor) -> int:
         raise ValueError(f"ptr must be in [0, {k_size}), got {ptr}")
     _enqueue_(queue, int(ptr), keys)
     return (int(ptr) + keys.shape[0]) % k_size
-
-
-# --- distributed helpers (shuffle-BN and key gathering); identities in a single process ---------
-
-
-def is_distributed() -> bool:
-    """True when torch.distributed is initialised with more than one process."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _gather_varlen(x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
-    """all_gather along dim 0 allowing a different length on each rank; returns (concat, lengths)."""
-    world = dist.get_world_size()
-    n = torch.tensor([x.shape[0]], device=x.device, dtype=torch.long)
-    sizes_t = [torch.zeros_like(n) for _ in range(world)]
-    dist.all_gather(sizes_t, n)
-    sizes = [int(s.item()) for s in sizes_t]
-    n_max = max(sizes)
-    if x.shape[0] < n_max:
-        x = torch.cat([x, x.new_zeros((n_max - x.shape[0], *x.shape[1:]))])
-    parts = [torch.empty_like(x) for _ in range(world)]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat([p[:s] for p, s in zip(parts, sizes)]), sizes
-
-
-@torch.no_grad()
-def concat_all_gather(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``x`` from all ranks along dim 0, in rank order (no gradient).
-
-    Ranks may hold different numbers of rows. Returns ``x`` itself outside distributed runs.
-    """
-    if not is_distributed():
-        return x
-    return _gather_varlen(x)[0]
-
-
-@torch.no_grad()
-def batch_shuffle(
-    x: torch.Tensor, generator: torch.Generator | None = None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Shuffle-BN, step 1: give this rank a random slice of the global batch.
-
-    Gathers ``x`` from all ranks, permutes the global batch with one permutation drawn on rank 0
-    (from ``generator`` or the global RNG) and broadcast, and returns this rank's slice (same size
-    as its input) plus the inverse permutation for :func:`batch_unshuffle`. In a single process it
-    returns ``(x, None)``: BatchNorm sees the whole batch either way, so shuffling would be a no-op.
-    """
-    if not is_distributed():
-        return x, None
-    x_all, sizes = _gather_varlen(x)
-    perm = torch.randperm(x_all.shape[0], generator=generator).to(x.device)
-    dist.broadcast(perm, src=0)
-    rank = dist.get_rank()
-    start = sum(sizes[:rank])
-    return x_all[perm[start : start + sizes[rank]]], torch.argsort(perm)
-
-
-@torch.no_grad()
-def batch_unshuffle(x: torch.Tensor, idx_unshuffle: torch.Tensor | None) -> torch.Tensor:
-    """Shuffle-BN, step 2: return to each rank the outputs of its own original samples, in order."""
-    if idx_unshuffle is None:
-        return x
-    x_all, sizes = _gather_varlen(x)
-    rank = dist.get_rank()
-    start = sum(sizes[:rank])
-    return x_all[idx_unshuffle[start : start + sizes[rank]]]
 
 
 # --- shuffle-BN in one process: BatchNorm over groups of the batch ----------------------------

@@ -29,6 +29,7 @@ import torch.nn as nn
 import torchvision
 
 from mocoxr import store
+from mocoxr.schema import BACKBONES
 
 __all__ = [
     "BACKBONES",
@@ -43,7 +44,6 @@ __all__ = [
     "imagenet_weight_file",
 ]
 
-BACKBONES = ("resnet18", "resnet50", "densenet121")
 
 # torchvision weight enums used for init="imagenet": IMAGENET1K_V1 are the original
 # (pre-2021) torchvision weights, i.e. what `pretrained=True` gave the paper's code.

@@ -148,9 +148,9 @@ def pretrain_dir(run_dir: str | Path, cfg: Any, ds: Dataset) -> Path:
     """``<run_dir>/checkpoints/moco_<backbone>_<hash>``: one folder per pretraining recipe and
     dataset (speed-only settings excluded), so a changed profile never resumes a checkpoint it
     did not write, and going back to an earlier recipe finds its finished run."""
-    from mocoxr import train
+    from mocoxr import checkpoint
 
-    conf = {k: v for k, v in train.config_dict(cfg).items() if k not in SPEED_FIELDS}
+    conf = {k: v for k, v in checkpoint.config_dict(cfg).items() if k not in SPEED_FIELDS}
     key = keys.sha(json.dumps([conf, ds.fingerprint, keys.code_digest(keys.TRAINING_CODE)],
                               sort_keys=True).encode())[:10]
     return run_paths(run_dir).checkpoints / f"moco_{cfg.backbone}_{key}"
@@ -170,16 +170,16 @@ def record_pretrained(run_dir: str | Path, backbone: str, folder: Path) -> Path:
 
 
 def knn_monitor(ds: Dataset, k: int = 20, max_train: int = 1000, max_eval: int = 500, seed: int = 0):
-    """``train.make_knn_monitor`` on a seeded sample of labelled train rows (the memory bank)
+    """``probe.make_knn_monitor`` on a seeded sample of labelled train rows (the memory bank)
     and validation rows (scored), both capped so the monitor stays cheap."""
     import numpy as np
 
-    from mocoxr import train
+    from mocoxr import probe
 
     rng = np.random.default_rng(seed)
     pick = lambda rows, n: np.sort(rng.choice(rows, size=min(n, len(rows)), replace=False))  # noqa: E731
     tr, ev = pick(ds.prepared.rows("train"), max_train), pick(ds.prepared.rows("val"), max_eval)
-    return train.make_knn_monitor(ds.images, tr, ds.prepared.labels(tr), ev, ds.prepared.labels(ev),
+    return probe.make_knn_monitor(ds.images, tr, ds.prepared.labels(tr), ev, ds.prepared.labels(ev),
                                   ds.mean, ds.std, ds.image_size, k=k)
 
 

@@ -30,6 +30,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mocoxr import store
+
 POSITIVE_PAIRS = ("image", "same_study", "same_patient")
 TABLE_COLUMNS = ["row", "source", "key_row", "patient", "study", "view", "key_study",
                  "key_view"]
@@ -168,7 +170,7 @@ class PairSampler:
 
     def key_batch(self, query_rows: np.ndarray, seed: int, step: int) -> torch.Tensor:
         """uint8 (B, H, W) key images aligned with ``np.sort(query_rows)`` (the order in which
-        ``train._load_batch`` reads the query batch)."""
+        ``runtime.load_batch`` reads the query batch)."""
         keys = self.keys(np.sort(np.asarray(query_rows, dtype=np.int64)), seed, step)
         n = len(self.images)
         out = np.empty((len(keys),) + self.images.shape[1:], dtype=np.uint8)
@@ -202,12 +204,10 @@ def attach(sampler: PairSampler | None, cfg: Any, rows: np.ndarray, images: np.n
     if not np.array_equal(sampler.queries, np.unique(rows)):
         raise ValueError("the pairs sampler's candidate table does not cover exactly the "
                          "training rows")
-    from mocoxr import train  # its atomic write (this module is imported by train)
-
     saved = Path(out_dir) / "pairs.csv"
     if not (Path(out_dir) / "checkpoint.pt").exists() or not saved.exists():
         # a checkpoint's own table is kept: pretrain refuses to resume it with another one
-        train._atomic_write(saved, lambda fh: sampler.table.to_csv(fh, index=False), mode="w")
+        store.atomic_write(saved, lambda fh: sampler.table.to_csv(fh, index=False), mode="w")
     return sampler, sampler.sha1
 
 
@@ -325,15 +325,12 @@ def write_recorded(table: pd.DataFrame, csv_path: str | Path, meta: dict[str, An
     version, date... that produced it). Returns the CSV path."""
     import json
 
-    from mocoxr import train
-
     csv_path = Path(csv_path)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
-    train._atomic_write(csv_path, lambda fh: table[COMPARISON_COLUMNS].to_csv(fh, index=False),
-                        mode="w")
-    train._atomic_write(csv_path.with_suffix(".json"),
-                        lambda fh: fh.write(json.dumps(meta, indent=1, default=str) + "\n"),
-                        mode="w")
+    store.atomic_write(csv_path, lambda fh: table[COMPARISON_COLUMNS].to_csv(fh, index=False),
+                       mode="w")
+    store.atomic_write_text(csv_path.with_suffix(".json"),
+                            json.dumps(meta, indent=1, default=str) + "\n")
     return csv_path
 
 

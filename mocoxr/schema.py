@@ -17,8 +17,10 @@ Checker = Callable[[Any], "str | None"]
 # A checker applies to a notebook whose own default passes it (a notebook with another meaning
 # for the same name, e.g. a test stand-in, gets the type check of its default instead).
 
-BACKBONES = ("resnet18", "resnet50", "densenet121")  # = mocoxr.models.BACKBONES (tested)
-UNCERTAIN_POLICIES = ("ones", "zeros", "ignore")  # = mocoxr.data.UNCERTAIN_POLICIES (tested)
+# The one definition of each choice (models and data import them from here: this module
+# imports neither torch nor pandas, so checking a profile stays fast).
+BACKBONES = ("resnet18", "resnet50", "densenet121")
+UNCERTAIN_POLICIES = ("ones", "zeros", "ignore")
 
 
 def _is_int(v: Any) -> bool:

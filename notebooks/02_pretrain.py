@@ -16,8 +16,9 @@
 # blunted costophrenic angle) is what the representation has to keep.
 #
 # The paper's recipe (MoCo v2 with X-ray-specific augmentations, Adam at 1e-4, batch 16,
-# 20 epochs from ImageNet weights, temperature 0.2) is the default of `mocoxr.train.PretrainConfig`;
-# the parameters below shrink it to what a laptop CPU can do in a few minutes.
+# 20 epochs from ImageNet weights, temperature 0.2) is the default of
+# `mocoxr.pretrain.PretrainConfig`; the parameters below shrink it to what a laptop CPU can do
+# in a few minutes.
 
 # %% tags=["parameters"]
 run_dir = "../runs/interactive"  # run folder shared by all notebooks (the runner sets it)
@@ -36,7 +37,7 @@ image_size = 64  # model input size in pixels (the paper: 320)
 seed = 0
 device = "cpu"  # "cpu", "cuda" or "auto"
 backbone = "resnet18"  # resnet18, resnet50 or densenet121
-pretrain = {  # mocoxr.train.PretrainConfig fields (besides backbone, image_size, seed, device)
+pretrain = {  # mocoxr.pretrain.PretrainConfig fields (besides backbone, image_size, seed, device)
     "init": "random",  # the paper starts from "imagenet" (needs the torchvision weights offline)
     "batch_size": 32,
     "epochs": 100,  # bounded by max_steps
@@ -68,15 +69,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mocoxr import augment, notebook, plots, train
+from mocoxr import augment, moco, notebook, plots, runtime
+from mocoxr import pretrain as pretraining  # `pretrain` is the parameters' dict
 
 paths = notebook.run_paths(run_dir)
 notebook.glue("backbone_name", backbone)
 folder = notebook.chexpert_folder(run_dir, data_dir, phantom, seed=seed)
 ds = notebook.load_dataset(run_dir, "chexpert", folder, image_size, chexpert, seed=seed)
 train_rows = ds.prepared.rows("train")
-cfg = train.PretrainConfig(backbone=backbone, image_size=image_size, seed=seed,
-                           device=device, **pretrain)
+cfg = pretraining.PretrainConfig(backbone=backbone, image_size=image_size, seed=seed,
+                                 device=device, **pretrain)
 print(cfg)
 
 # %% [markdown]
@@ -99,6 +101,65 @@ view_k = augment.augment_batch(x, aug_cfg, gen)
 fig = plots.augmented_views(augment.resize_batch(x, image_size).numpy(), view_q.numpy(),
                             view_k.numpy())
 plt.show()
+
+# %% [markdown]
+# ## The method in three pieces
+#
+# Before the loop, the three ideas it repeats, each run on a small batch.
+#
+# **The loss.** Each query $q$ (the embedding of the first view) is compared with its own key
+# $k_+$ (the embedding of the second view) and with the $K$ keys in the queue, all unit vectors.
+# The logits are the dot products divided by a temperature $T$, with the positive in column 0,
+# so InfoNCE is a cross-entropy whose target is always class 0: a $(1 + K)$-way classification
+# in which the right answer is "my own other view". A query that matches its key gets a low
+# loss; one that cannot tell its key from the queue pays about $\ln(K+1)$.
+
+# %%
+g = torch.Generator().manual_seed(0)
+q = torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=1)  # 4 queries, D = 8
+queue = torch.nn.functional.normalize(torch.randn(16, 8, generator=g), dim=1)  # K = 16 keys
+k_random = torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=1)
+logits = moco.moco_logits(q, q, queue, temperature=0.2)  # the key equal to its query
+print("logits", tuple(logits.shape), "= (batch, 1 + K); column 0 = q.k+/T:",
+      torch.allclose(logits[:, 0], (q * q).sum(1) / 0.2))
+print(f"loss, key = query: {moco.moco_loss(q, q, queue, 0.2):.3f}; random key: "
+      f"{moco.moco_loss(q, k_random, queue, 0.2):.3f}; ln(K+1) = {np.log(17):.3f}")
+
+# %% [markdown]
+# **The momentum update.** The keys come from a second encoder that receives no gradients: after
+# every step it moves a fraction $1 - m$ of the way towards the query encoder,
+# $\theta_k \leftarrow m\,\theta_k + (1 - m)\,\theta_q$. With $m$ close to 1 it changes slowly, so the
+# keys in the queue, computed over many steps, stay comparable with each other.
+
+# %%
+query_net, key_net = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+before = key_net.weight.detach().clone()
+moco.update_momentum(query_net, key_net, m=cfg.momentum)
+moved = key_net.weight.detach() - before
+print(f"m = {cfg.momentum}: the key weights moved by (1 - m) x (query - key):",
+      torch.allclose(moved, (1 - cfg.momentum) * (query_net.weight.detach() - before)))
+
+# %% [markdown]
+# **One training step** (`mocoxr.pretrain.pretrain_step`, on a batch of real training images):
+# two augmented views, the query and key forward passes (the keys with shuffle-BN as
+# configured), the loss against the queue, backward and an Adam step for the query encoder, the
+# momentum update of the key encoder, and the new keys pushed into the queue. Every random draw
+# derives from `(seed, step)`, which is what lets the loop below resume exactly. At step 0 the
+# key encoder is still a copy of the query encoder and the queue holds random unit vectors, easy
+# to tell from the true key: the loss starts below chance, $\ln(K+1)$, and rises as the queue
+# fills with real keys (the curves below).
+
+# %%
+dev = runtime.resolve_device(cfg.device)
+net, optimizer = pretraining.make_model(cfg, dev)
+batch = torch.from_numpy(np.ascontiguousarray(ds.images[np.sort(train_rows[:cfg.batch_size])]))
+first_weight = net.encoder_q.conv1.weight.detach().clone()
+loss0 = pretraining.pretrain_step(net.train(), optimizer, cfg, step=0, lr=cfg.lr,
+                                  x=batch.to(dev), xk=batch.to(dev), mean=ds.mean, std=ds.std)
+print(f"loss {float(loss0):.3f} (chance ln(K+1) = {np.log(cfg.queue_size + 1):.3f}); queue pointer "
+      f"{int(net.queue_ptr)} (= batch {cfg.batch_size}); query encoder changed: "
+      f"{not torch.equal(first_weight, net.encoder_q.conv1.weight)}")
+del net, optimizer
 
 # %% [markdown]
 # ## Pretraining
@@ -125,8 +186,8 @@ mon = (notebook.knn_monitor(ds, seed=seed, **monitor)
        if pretrain["monitor_every"] else None)
 t0 = time.time()
 source = "embedded phantoms (not CheXpert)" if data_dir is None else Path(data_dir).name
-result = train.pretrain(ds.images, train_rows, cfg, out, ds.mean, ds.std, monitor=mon,
-                        data={"dataset": source, "fingerprint": ds.fingerprint})
+result = pretraining.pretrain(ds.images, train_rows, cfg, out, ds.mean, ds.std, monitor=mon,
+                              data={"dataset": source, "fingerprint": ds.fingerprint})
 minutes = (time.time() - t0) / 60
 exported = notebook.record_pretrained(run_dir, backbone, out)
 log = result["log"]

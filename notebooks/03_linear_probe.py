@@ -44,7 +44,7 @@ linear = {  # mocoxr.experiments.run_linear_experiment options
     "fractions": None,  # None: every fraction prepared in 01_data
     "max_draws": None,  # None: every draw
     "batch_size": 64,  # feature extraction batch
-    "probe_kwargs": {},  # extra mocoxr.train.linear_probe options
+    "probe_kwargs": {},  # extra mocoxr.probe.linear_probe options
     "standardize_on": "train_split",  # fit the feature scaler on all training images (no labels)
 }
 n_boot = 1000  # bootstrap replicates for every CI

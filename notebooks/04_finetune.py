@@ -56,7 +56,7 @@ import numpy as np
 import pandas as pd
 from IPython.display import display
 
-from mocoxr import evaluate, experiments, notebook, plots, tables, train
+from mocoxr import evaluate, experiments, notebook, plots, tables
 
 paths = notebook.run_paths(run_dir)
 notebook.glue("backbone_name", backbone)
@@ -204,13 +204,14 @@ notebook.glue("cam_area", float(masks.mean()) if masks is not None else float("n
 
 # %%
 from mocoxr import calibration
+from mocoxr import finetune as finetuning  # `finetune` is the parameters' dict
 
 val_rows = ds.prepared.rows("val")
 y_val, cal_inputs = ds.prepared.labels(val_rows), {}
 for f in (f_small, f_large):
     for init in backbones:
         model = experiments.load_finetuned(paths.root, "finetune", backbone, init, f)
-        p_val = train.predict(model, ds.images, val_rows, ds.mean, ds.std, image_size)
+        p_val = finetuning.predict(model, ds.images, val_rows, ds.mean, ds.std, image_size)
         _, y_test, p_test = evaluate.load_predictions(paths.predictions, "finetune",
                                                       backbone, init, f, 0)
         cal_inputs[init, f] = (y_val, p_val, y_test, p_test)

@@ -28,7 +28,7 @@
 # not tried here.
 #
 # This chapter implements the rule as an option of the pretraining loop
-# (`mocoxr.train.PretrainConfig.positive_pairs`: `image`, `same_study` or `same_patient`, and
+# (`mocoxr.pretrain.PretrainConfig.positive_pairs`: `image`, `same_study` or `same_patient`, and
 # `pair_laterals`) and measures it the same way as the rest of the book: pretrain one encoder
 # per rule with the recipe of [the pretraining chapter](02_pretrain.ipynb), freeze it, fit a
 # linear probe at every label fraction, and compare AUCs with the paired bootstrap against
@@ -52,27 +52,27 @@ image_size = 64
 seed = 0
 device = "cpu"
 backbone = "resnet18"
-pretrain = {  # mocoxr.train.PretrainConfig fields, as in 02_pretrain (the pairing is set below)
-    "init": "random",
-    "batch_size": 32,
-    "epochs": 100,
-    "max_steps": 500,
-    "lr": 1e-4,
-    "weight_decay": 1e-4,
-    "lr_drops": [0.6, 0.9],
-    "queue_size": 512,
-    "momentum": 0.99,
-    "temperature": 0.2,
-    "dim": 128,
-    "mlp": True,
-    "bn_splits": 4,
-    "augment": {},
-    "monitor_every": 100,  # not used here (no monitor); kept so the recipe matches 02_pretrain's
-    "checkpoint_every_steps": None,
-    "amp": "auto",
-    "channels_last": "auto",
-    "compile": False,
-}
+pretrain = {  # mocoxr.pretrain.PretrainConfig fields, as in 02_pretrain (the pairing is set below)
+       "init": "random",
+       "batch_size": 32,
+       "epochs": 100,
+       "max_steps": 500,
+       "lr": 1e-4,
+       "weight_decay": 1e-4,
+       "lr_drops": [0.6, 0.9],
+       "queue_size": 512,
+       "momentum": 0.99,
+       "temperature": 0.2,
+       "dim": 128,
+       "mlp": True,
+       "bn_splits": 4,
+       "augment": {},
+       "monitor_every": 100,  # not used here (no monitor); kept so the recipe matches 02_pretrain's
+       "checkpoint_every_steps": None,
+       "amp": "auto",
+       "channels_last": "auto",
+       "compile": False,
+   }
 pairings = ["image", "same_study+laterals", "same_patient+laterals"]  # first: the baseline; "+laterals": pair_laterals
 linear = {  # mocoxr.experiments.run_linear_experiment options (as in 03_linear_probe)
     "method": "logreg",
@@ -97,7 +97,8 @@ import numpy as np
 import pandas as pd
 from IPython.display import display
 
-from mocoxr import experiments, notebook, pairs, plots, tables, train
+from mocoxr import experiments, notebook, pairs, plots, tables
+from mocoxr import pretrain as pretraining  # `pretrain` is the parameters' dict
 
 paths = notebook.run_paths(run_dir)
 notebook.glue("backbone_name", backbone)
@@ -200,7 +201,7 @@ if recorded is None:
     t0 = time.time()
     backbones = {}
     for name, (mode, lat) in specs.items():
-        cfg = train.PretrainConfig(
+        cfg = pretraining.PretrainConfig(
             backbone=backbone,
             image_size=image_size,
             seed=seed,
@@ -216,15 +217,15 @@ if recorded is None:
             ckpt_dir = ckpt_dir.with_name(
                 f"{ckpt_dir.name}_pairs{samplers[name].sha1[:8]}"
             )
-        result = train.pretrain(
-            ds.images,
-            ds.prepared.rows("train"),
-            cfg,
-            ckpt_dir,
-            ds.mean,
-            ds.std,
-            pairs=samplers[name],
-        )
+        result = pretraining.pretrain(
+                  ds.images,
+                  ds.prepared.rows("train"),
+                  cfg,
+                  ckpt_dir,
+                  ds.mean,
+                  ds.std,
+                  pairs=samplers[name],
+              )
         backbones[name] = str(result["backbone"])
         how = "loaded" if result["cached"] else "trained"
         print(f"{name}: {how} {result['step']} steps")

@@ -8,7 +8,7 @@ Cases:
   and writes a file, the second reads the first's table) is killed (SIGKILL to the runner and
   its kernels) at a random moment, then rerun; results.csv, the outputs and the stamps must
   equal those of an uninterrupted run, and a third run must find everything up to date;
-- pretraining: ``train.pretrain`` on a few 32-pixel images is killed at a random moment and
+- pretraining: ``pretrain.pretrain`` on a few 32-pixel images is killed at a random moment and
   resumed; the exported backbone must equal the uninterrupted run's bit for bit;
 - read-only: a run into a folder on a read-only tmpfs (where one can be mounted) must fail
   with one StorageError line naming the folder;
@@ -124,20 +124,20 @@ PRETRAIN = '''
 import sys
 import numpy as np
 import torch
-from mocoxr import train
+from mocoxr.pretrain import PretrainConfig, pretrain
 torch.manual_seed(0)
 images = np.random.default_rng(0).integers(0, 255, (24, 40, 40), dtype=np.uint8)
-cfg = train.PretrainConfig(backbone="resnet18", init="random", image_size=32, batch_size=8,
-                           epochs=2, queue_size=16, device="cpu", checkpoint_every_steps=1,
-                           channels_last="off")
-train.pretrain(images, np.arange(24), cfg, sys.argv[1], 0.5, 0.25, progress=False)
+cfg = PretrainConfig(backbone="resnet18", init="random", image_size=32, batch_size=8,
+                     epochs=2, queue_size=16, device="cpu", checkpoint_every_steps=1,
+                     channels_last="off")
+pretrain(images, np.arange(24), cfg, sys.argv[1], 0.5, 0.25, progress=False)
 '''
 
 
 def pretrain_cases(work: Path, rng: random.Random, kills: int, log) -> tuple[int, list[str]]:
     import torch
 
-    from mocoxr import train
+    from mocoxr import probe
 
     def start(out: Path) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-c", PRETRAIN, str(out)], env=ENV,
@@ -146,7 +146,7 @@ def pretrain_cases(work: Path, rng: random.Random, kills: int, log) -> tuple[int
 
     def weights(out: Path) -> str:
         sd = torch.load(out / "backbone.pt", map_location="cpu", weights_only=True)
-        return train.state_dict_sha1(torch.nn.Module()) if not sd else \
+        return probe.state_dict_sha1(torch.nn.Module()) if not sd else \
             __import__("hashlib").sha1(b"".join(sd[k].numpy().tobytes() for k in sorted(sd))).hexdigest()
 
     t0 = time.time()
@@ -193,7 +193,7 @@ def disk_full_cases(work: Path, log) -> tuple[int, list[str]]:
     import pandas as pd
     import torch
 
-    from mocoxr import evaluate, store, train
+    from mocoxr import checkpoint, evaluate, store
 
     problems: list[str] = []
     row = lambda i: {"experiment": "x" * 200, "backbone": "r", "init": "i", "label_fraction": 1.0,  # noqa: E731
@@ -204,7 +204,7 @@ def disk_full_cases(work: Path, log) -> tuple[int, list[str]]:
         how = "a 64 KiB tmpfs" if disk else "simulated ENOSPC"
         csv, ckpt = where / "results.csv", where / "checkpoint.pt"
         evaluate.upsert_rows(csv, [row(0)], evaluate.RESULTS_COLUMNS, evaluate.RESULTS_KEY)
-        train.save_checkpoint(ckpt, {"w": torch.zeros(10)})
+        checkpoint.save_checkpoint(ckpt, {"w": torch.zeros(10)})
         before = csv.read_bytes()
         real_write = store.atomic_write
         if disk is None:  # simulate: every write fails as on a full disk
@@ -216,7 +216,7 @@ def disk_full_cases(work: Path, log) -> tuple[int, list[str]]:
             for name, action in [
                 ("results.csv upsert", lambda: evaluate.upsert_rows(
                     csv, [row(i) for i in range(1, 2000)], evaluate.RESULTS_COLUMNS, evaluate.RESULTS_KEY)),
-                ("checkpoint save", lambda: train.save_checkpoint(ckpt, {"w": torch.zeros(200_000)})),
+                ("checkpoint save", lambda: checkpoint.save_checkpoint(ckpt, {"w": torch.zeros(200_000)})),
             ]:
                 cases += 1
                 try:

@@ -176,13 +176,6 @@ def test_profile_values_are_checked_at_load(tmp_path: Path, setting: str, key: s
     assert msg.startswith(f"{path}: {key}: expected") and expected in msg, msg
 
 
-def test_schema_choices_match_the_package():
-    from mocoxr import data, models, schema
-
-    assert schema.BACKBONES == models.BACKBONES
-    assert schema.UNCERTAIN_POLICIES == data.UNCERTAIN_POLICIES
-
-
 def test_a_run_override_is_named_where_it_was_set(tmp_path: Path):
     path = tmp_path / "bad.yaml"
     path.write_text("notebooks:\n  02_pretrain: {runs: [{}, {backbone: resnet19}]}\n")

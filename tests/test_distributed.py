@@ -1,5 +1,6 @@
 """Distributed MoCo pretraining (DDP + shuffle-BN + gathered keys) on 2 CPU processes (gloo),
-the torchrun CLI, resume on another world size, and a real SIGKILL mid-epoch.
+the torchrun CLI (``mocoxr.torchrun_pretrain``), resume on another world size, and a real
+SIGKILL mid-epoch.
 
 What the 2-process vs 1-process comparison asserts, and why. With shuffle-BN the BatchNorm
 statistics are *per rank*: rank r's queries are normalised with the statistics of its own
@@ -10,7 +11,7 @@ The maths says the 2-process step must equal a single-process reference that eva
 query encoder on each rank's slice separately and the key encoder on each slice of the
 shuffled batch (the permutation rank 0 draws, reproduced from the same seed), then takes the
 InfoNCE mean over the *global* batch. Equal there: the keys (= rows of the queue), the global
-mean loss, the gradients after DDP's all-reduce (with ``train.distributed_loss``' scaling, also
+mean loss, the gradients after DDP's all-reduce (with ``distributed.distributed_loss``' scaling, also
 for unequal shares 4 + 3) and the parameters after an SGD step. BatchNorm running statistics are
 not compared with the reference: they are per rank by design (only rank 0's are saved).
 """
@@ -34,8 +35,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from mocoxr import distributed as cli
-from mocoxr import moco, train
+from mocoxr import checkpoint, distributed, moco
+from mocoxr import torchrun_pretrain as cli
+from mocoxr.distributed import batch_shuffle, batch_unshuffle, concat_all_gather
+from mocoxr.pretrain import PretrainConfig, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
 MEAN, STD = 0.5, 0.25
@@ -91,28 +94,86 @@ def _init(rank: int, world: int, port: int) -> None:
 
 def test_rank_slices_cover_the_global_batch_in_order():
     for n, world in ((8, 2), (7, 2), (10, 3), (5, 5)):
-        parts = [np.arange(n)[train.rank_slice(n, r, world)] for r in range(world)]
+        parts = [np.arange(n)[distributed.rank_slice(n, r, world)] for r in range(world)]
         np.testing.assert_array_equal(np.concatenate(parts), np.arange(n))
         assert max(map(len, parts)) - min(map(len, parts)) <= 1
     with pytest.raises(ValueError, match="rank"):
-        train.rank_slice(8, 2, 2)
+        distributed.rank_slice(8, 2, 2)
 
 
 def test_single_process_helpers_are_identities():
     m = torch.nn.Linear(2, 2)
-    assert train.wrap_ddp(m, torch.device("cpu")) is m
+    assert distributed.wrap_ddp(m, torch.device("cpu")) is m
     loss = torch.tensor(2.0, requires_grad=True)
-    bw, mean = train.distributed_loss(loss, 3, 8)
+    bw, mean = distributed.distributed_loss(loss, 3, 8)
     assert bw is loss and float(mean) == 2.0 and not mean.requires_grad
-    assert train.dist_info() == (0, 1)
+    assert distributed.dist_info() == (0, 1)
+
+
+# ----------------------------------------------------------------------------- shuffle-BN, gather
+
+
+def test_distributed_helpers_are_identities_in_one_process():
+    x = torch.randn(5, 3)
+    y, idx = batch_shuffle(x)
+    assert y is x and idx is None
+    assert batch_unshuffle(y, idx) is x
+    assert concat_all_gather(x) is x
+    assert not distributed.is_distributed()
+
+
+def _gather_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        sizes = [3, 2]  # unequal per-rank batches (short last batch on rank 1)
+        start = sum(sizes[:rank])
+        x = torch.arange(start, start + sizes[rank], dtype=torch.float32)[:, None].repeat(1, 2)
+        gathered = concat_all_gather(x)
+        torch.manual_seed(100 + rank)  # different RNGs: only rank 0's permutation may count
+        y, idx = batch_shuffle(x)
+        back = batch_unshuffle(y * 10, idx)
+        queue = torch.zeros(4, 2)
+        moco.enqueue(queue, 3, concat_all_gather(x))
+        torch.save({"gathered": gathered, "y": y, "back": back, "queue": queue}, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_shuffle_unshuffle_and_gather_on_two_gloo_processes(tmp_path):
+    mp = torch.multiprocessing.get_context("fork")  # fork: no re-import of torch in the children
+    port = _free_port()
+    procs = [mp.Process(target=_gather_worker, args=(r, 2, port, str(tmp_path))) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        if p.exitcode is None:
+            p.kill()
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    res = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    full = torch.arange(5, dtype=torch.float32)[:, None].repeat(1, 2)
+    for r in (0, 1):
+        assert torch.equal(res[r]["gathered"], full)  # rank order, unequal sizes
+    # each rank got a slice of one global permutation, same size as its input
+    y0, y1 = res[0]["y"], res[1]["y"]
+    assert y0.shape == (3, 2) and y1.shape == (2, 2)
+    assert sorted(torch.cat([y0, y1])[:, 0].tolist()) == list(range(5))
+    # unshuffle returns each rank its own samples, in order
+    assert torch.equal(res[0]["back"], full[:3] * 10) and torch.equal(res[1]["back"], full[3:] * 10)
+    # the queue is identical on both ranks and holds every rank's keys
+    assert torch.equal(res[0]["queue"], res[1]["queue"])
+    assert res[0]["queue"][:, 0].tolist() == [1.0, 2.0, 3.0, 4.0]
 
 
 def test_global_batch_too_small_for_the_world_size(monkeypatch, tmp_path):
-    monkeypatch.setattr(train, "dist_info", lambda: (0, 2))
-    cfg = train.PretrainConfig(backbone="resnet18", init="random", image_size=32, batch_size=3,
-                               queue_size=8, device="cpu")
+    monkeypatch.setattr(distributed, "dist_info", lambda: (0, 2))
+    cfg = PretrainConfig(backbone="resnet18", init="random", image_size=32, batch_size=3,
+                         queue_size=8, device="cpu")
     with pytest.raises(ValueError, match="global batch: split over 2 processes"):
-        train.pretrain(tiny_images(8), np.arange(8), cfg, tmp_path, MEAN, STD, progress=False)
+        pretrain(tiny_images(8), np.arange(8), cfg, tmp_path, MEAN, STD, progress=False)
 
 
 def test_cli_config_parsing(tmp_path):
@@ -139,13 +200,13 @@ def _step_worker(rank: int, world: int, port: int, out_dir: str, im_q, im_k) -> 
     _init(rank, world, port)
     try:
         model = small_moco().train()
-        net = train.wrap_ddp(model, torch.device("cpu"))
+        net = distributed.wrap_ddp(model, torch.device("cpu"))
         assert isinstance(net, DistributedDataParallel)
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=LR)
-        sl = train.rank_slice(len(im_q), rank, world)
+        sl = distributed.rank_slice(len(im_q), rank, world)
         torch.manual_seed(SHUFFLE_SEED)  # rank 0's draw is the shuffle-BN permutation
         loss, _ = net(im_q[sl], im_k[sl])
-        loss_bw, mean = train.distributed_loss(loss, sl.stop - sl.start, len(im_q))
+        loss_bw, mean = distributed.distributed_loss(loss, sl.stop - sl.start, len(im_q))
         opt.zero_grad()
         loss_bw.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -160,7 +221,7 @@ def reference_step(im_q, im_k, world: int, per_rank_bn: bool = True, shuffle: bo
     """Single process: the same step with BatchNorm over each rank's (shuffled) slice."""
     model = small_moco().train()
     b = len(im_q)
-    slices = [train.rank_slice(b, r, world) for r in range(world)] if per_rank_bn else [slice(0, b)]
+    slices = [distributed.rank_slice(b, r, world) for r in range(world)] if per_rank_bn else [slice(0, b)]
 
     def embed(enc, head, x):
         return torch.cat([F.normalize(head(enc(x[s])), dim=1) for s in slices])
@@ -218,17 +279,17 @@ IMAGES = tiny_images(32)
 ROWS = np.arange(32)
 
 
-def pcfg(**kw) -> train.PretrainConfig:
+def pcfg(**kw) -> PretrainConfig:
     base = dict(backbone="resnet18", init="random", image_size=32, batch_size=8, epochs=1,
                 queue_size=24, device="cpu", lr_drops=())
-    return train.PretrainConfig(**{**base, **kw})
+    return PretrainConfig(**{**base, **kw})
 
 
 def _pretrain_worker(rank: int, world: int, port: int, run_dir: str, record: str, kw: dict) -> None:
     _init(rank, world, port)
     try:
         calls: list = []
-        save = train.save_checkpoint
+        save = checkpoint.save_checkpoint
 
         def recording_save(path, state):
             calls.append(("checkpoint", state["step"]))
@@ -238,7 +299,7 @@ def _pretrain_worker(rank: int, world: int, port: int, run_dir: str, record: str
                 snap.mkdir(exist_ok=True)
                 shutil.copy(path, snap / "checkpoint.pt")
 
-        train.save_checkpoint = recording_save
+        checkpoint.save_checkpoint = recording_save
         built: list = []
 
         class Recording(moco.MoCo):
@@ -251,7 +312,7 @@ def _pretrain_worker(rank: int, world: int, port: int, run_dir: str, record: str
                 return super().export_backbone(path)
 
         moco.MoCo = Recording  # forked child: the parent's module is untouched
-        res = train.pretrain(IMAGES, ROWS, pcfg(**kw), run_dir, MEAN, STD, progress=False)
+        res = pretrain(IMAGES, ROWS, pcfg(**kw), run_dir, MEAN, STD, progress=False)
         torch.save({"calls": calls, "state": built[-1].state_dict(), "step": res["step"],
                     "loss": [float(v) for v in res["log"]["loss"]]}, f"{record}/rank{rank}.pt")
     finally:
@@ -274,7 +335,7 @@ def test_pretrain_on_two_ranks_rank0_writes_and_resume_on_any_world_size(tmp_pat
     params = [k for k in a0["state"] if "running_" not in k and "num_batches" not in k]
     assert all(torch.equal(a0["state"][k], a1["state"][k]) for k in params)  # in sync after 4 steps
     assert a0["loss"] == a1["loss"] and len(a0["loss"]) == 4  # the global mean, on every rank
-    ck_a = train.load_checkpoint(tmp_path / "a" / "checkpoint.pt")
+    ck_a = checkpoint.load_checkpoint(tmp_path / "a" / "checkpoint.pt")
     assert ck_a["world_size"] == 2 and ck_a["step"] == 4 and ck_a["done"]
     assert int(ck_a["model"]["queue_ptr"]) == (4 * 8) % 24
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
@@ -290,17 +351,17 @@ def test_pretrain_on_two_ranks_rank0_writes_and_resume_on_any_world_size(tmp_pat
     run_processes(_pretrain_worker, 2, str(tmp_path / "b"), str(rec_b), {"checkpoint_every_steps": 2})
     b0, _ = _records(rec_b)
     assert b0["calls"] == [("checkpoint", 4), ("backbone", -1)]  # resumed at step 2
-    ck_b = train.load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    ck_b = checkpoint.load_checkpoint(tmp_path / "b" / "checkpoint.pt")
     assert all(torch.equal(ck_a["model"][k], ck_b["model"][k]) for k in ck_a["model"])
     assert b0["loss"] == a0["loss"]
 
     # C: the same checkpoint resumed by ONE process: the global batch of 8 is split anew
-    res = train.pretrain(IMAGES, ROWS, pcfg(checkpoint_every_steps=2), tmp_path / "c", MEAN, STD,
-                         progress=False)
+    res = pretrain(IMAGES, ROWS, pcfg(checkpoint_every_steps=2), tmp_path / "c", MEAN, STD,
+                   progress=False)
     assert res["step"] == 4 and list(res["log"]["step"]) == [1, 2, 3, 4]
     np.testing.assert_array_equal(res["log"]["loss"][:2], a0["loss"][:2])  # kept from the 2-rank run
     assert np.isfinite(res["log"]["loss"]).all()
-    ck_c = train.load_checkpoint(tmp_path / "c" / "checkpoint.pt")
+    ck_c = checkpoint.load_checkpoint(tmp_path / "c" / "checkpoint.pt")
     assert ck_c["world_size"] == 1 and ck_c["done"] and int(ck_c["model"]["queue_ptr"]) == 8
     assert not torch.equal(ck_c["model"]["encoder_q.conv1.weight"], ck_a["model"]["encoder_q.conv1.weight"])
 
@@ -341,7 +402,7 @@ def _cli_worker(rank: int, world: int, port: int, argv: list[str]) -> None:
 def _check_one_then_two(out: Path, first: pd.DataFrame, stdout: str) -> None:
     assert "resuming from step 2" in stdout and "on 2 process(es)" in stdout
     assert stdout.count("done: step 4") == 1  # rank 0 alone reports
-    ck = train.load_checkpoint(out / "checkpoint.pt")
+    ck = checkpoint.load_checkpoint(out / "checkpoint.pt")
     assert ck["step"] == 4 and ck["done"] and ck["world_size"] == 2
     log = pd.read_csv(out / "loss_log.csv")
     assert list(log["step"]) == [1, 2, 3, 4]
@@ -352,7 +413,7 @@ def _check_one_then_two(out: Path, first: pd.DataFrame, stdout: str) -> None:
 
 
 def test_cli_resumes_a_one_process_run_on_two_processes(tmp_path, capfd):
-    """``python -m mocoxr.distributed`` for 2 steps, then the same command on 2 processes with
+    """``python -m mocoxr.torchrun_pretrain`` for 2 steps, then the same command on 2 processes with
     torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR, ...; env:// rendezvous, gloo)."""
     images, config = _cli_files(tmp_path)
     out = tmp_path / "run"
@@ -373,7 +434,7 @@ def test_real_torchrun_resumes_a_one_process_run_on_two_processes(tmp_path, capf
     capfd.readouterr()
     first = pd.read_csv(out / "loss_log.csv")
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                          "--nproc_per_node", "2", "-m", "mocoxr.distributed",
+                          "--nproc_per_node", "2", "-m", "mocoxr.torchrun_pretrain",
                           *_cli_args(images, config, out)],
                          env=_env(), capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-3000:]
@@ -384,20 +445,20 @@ def test_real_torchrun_resumes_a_one_process_run_on_two_processes(tmp_path, capf
 
 
 def test_sigkill_mid_epoch_then_restart_ends_with_the_uninterrupted_weights(tmp_path, capsys):
-    """A real ``python -m mocoxr.distributed`` process killed with SIGKILL right after its first
+    """A real ``python -m mocoxr.torchrun_pretrain`` process killed with SIGKILL right after its first
     checkpoint (mid epoch, often while it writes the next one), then the same command again
     (here in-process: a restart reads nothing but the files): it resumes from the last complete
     checkpoint and ends bit-identical to a run that never stopped."""
     images, config = _cli_files(tmp_path, n=32)  # 32 rows, batch 8, 1 epoch: 4 steps
     out, log = tmp_path / "run", tmp_path / "run" / "loss_log.csv"
     argv = _cli_args(images, config, out, "--set", "epochs=1", "--set", "checkpoint_every_steps=1")
-    child = subprocess.Popen([sys.executable, "-m", "mocoxr.distributed", *argv], env=_env(),
+    child = subprocess.Popen([sys.executable, "-m", "mocoxr.torchrun_pretrain", *argv], env=_env(),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         # the uninterrupted reference (one checkpoint, at the end) while the child starts
-        ref = train.pretrain(np.load(images, mmap_mode="r"), np.arange(32),
-                             cli.make_config(config, ["epochs=1"]), tmp_path / "ref", MEAN, STD,
-                             progress=False)
+        ref = pretrain(np.load(images, mmap_mode="r"), np.arange(32),
+                       cli.make_config(config, ["epochs=1"]), tmp_path / "ref", MEAN, STD,
+                       progress=False)
         assert ref["step"] == 4
         deadline = time.monotonic() + 300
         while not (log.exists() and len(pd.read_csv(log)) >= 1):  # step 1 is checkpointed
@@ -408,13 +469,13 @@ def test_sigkill_mid_epoch_then_restart_ends_with_the_uninterrupted_weights(tmp_
         os.kill(child.pid, signal.SIGKILL)
         child.communicate()
     assert child.returncode == -signal.SIGKILL
-    ck = train.load_checkpoint(out / "checkpoint.pt")  # it loads: never half-written
+    ck = checkpoint.load_checkpoint(out / "checkpoint.pt")  # it loads: never half-written
     assert ck["step"] in (1, 2, 3) and not ck["done"] and ck["step_in_epoch"] == ck["step"]
     capsys.readouterr()
     cli.main(argv)
     assert f"resuming from step {ck['step']}" in capsys.readouterr().out
-    a = train.load_checkpoint(tmp_path / "ref" / "checkpoint.pt")["model"]
-    b = train.load_checkpoint(out / "checkpoint.pt")["model"]
+    a = checkpoint.load_checkpoint(tmp_path / "ref" / "checkpoint.pt")["model"]
+    b = checkpoint.load_checkpoint(out / "checkpoint.pt")["model"]
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
     ba, bb = (torch.load(p / "backbone.pt", weights_only=True) for p in (tmp_path / "ref", out))
     assert all(torch.equal(ba[k], bb[k]) for k in ba)

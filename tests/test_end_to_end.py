@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
-from mocoxr import data, evaluate, experiments, phantom, train
+from mocoxr import data, evaluate, experiments, phantom
+from mocoxr.pretrain import PretrainConfig, pretrain
 
 SIZE = 32
 BACKBONE = "resnet18"
@@ -39,10 +40,10 @@ def run(tmp_path_factory):
     shen = data.prepare_shenzhen(shen_dir, tmp / "manifests", fractions=(0.25, 1.0),
                                  draws=(2, 1), seed=0)
     images, mean, std = load(chex, tmp / "cache" / "chexpert.npy")
-    cfg = train.PretrainConfig(backbone=BACKBONE, init="random", image_size=SIZE, batch_size=8,
-                               epochs=1, max_steps=3, queue_size=16, momentum=0.99, device="cpu")
-    pre = train.pretrain(images, chex.rows("train"), cfg, tmp / "checkpoints", mean, std,
-                         progress=False)
+    cfg = PretrainConfig(backbone=BACKBONE, init="random", image_size=SIZE, batch_size=8,
+                         epochs=1, max_steps=3, queue_size=16, momentum=0.99, device="cpu")
+    pre = pretrain(images, chex.rows("train"), cfg, tmp / "checkpoints", mean, std,
+                   progress=False)
     inits = {"moco": str(pre["backbone"]), "random": "random"}
     out = tmp / "run"
     experiments.run_linear_experiment(chex, images, inits, BACKBONE, mean=mean, std=std,

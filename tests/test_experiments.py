@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mocoxr import evaluate, experiments, models, train
+from mocoxr import augment, evaluate, experiments, finetune, models
 from mocoxr.data import PreparedDataset
 
 MEAN, STD = 0.5, 0.25
@@ -78,7 +78,7 @@ def test_linear_experiment_results_predictions_and_deltas(setup, monkeypatch):
     mtimes = [f.stat().st_mtime_ns for f in feats]
 
     # rerun: cached features (nothing extracted), results upserted rather than duplicated
-    monkeypatch.setattr(train.augment, "resize_batch", lambda *a: pytest.fail("re-extracted"))
+    monkeypatch.setattr(augment, "resize_batch", lambda *a: pytest.fail("re-extracted"))
     experiments.run_linear_experiment(prep, images, backbones, "resnet18", **kw)
     assert [f.stat().st_mtime_ns for f in feats] == mtimes
     assert len(pd.read_csv(out / "results.csv")) == 10
@@ -111,7 +111,7 @@ def test_finetune_experiment_caps_draws_and_reuses_predictions(setup, monkeypatc
     assert sorted(res["draw"]) == [-1, -1, 0, 0] and set(res["experiment"]) == {"shenzhen_finetune"}
     hist = pd.read_csv(out / "finetune" / "shenzhen_finetune__resnet18__moco__f0.5__d0__history.csv")
     assert list(hist["epoch"]) == [1]
-    monkeypatch.setattr(train, "finetune", lambda *a, **k: pytest.fail("retrained"))
+    monkeypatch.setattr(finetune, "finetune", lambda *a, **k: pytest.fail("retrained"))
     again = experiments.run_finetune_experiment(prep, images, backbones, "resnet18", lr=3e-4, **kw)
     pd.testing.assert_frame_equal(again, res)
     deltas = experiments.compute_deltas(out, "shenzhen_finetune", "resnet18", n_boot=50)
@@ -144,8 +144,8 @@ def test_finetune_key_holds_labels_data_and_code(setup, monkeypatch):
     kw = dict(mean=MEAN, std=STD, image_size=32, out_dir=out, fractions=[1.0], max_draws=1,
               max_epochs=1, n_boot=20, batch_size=8, device="cpu", progress=False)
     calls = []
-    real = train.finetune
-    monkeypatch.setattr(train, "finetune", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = finetune.finetune
+    monkeypatch.setattr(finetune, "finetune", lambda *a, **k: calls.append(1) or real(*a, **k))
     one = {"moco": backbones["moco"]}
     experiments.run_finetune_experiment(prep, images, one, "resnet18", **kw)
     experiments.run_finetune_experiment(prep, images, one, "resnet18", **kw)

@@ -1,6 +1,5 @@
 import copy
 import math
-import socket
 
 import pytest
 import torch
@@ -10,15 +9,15 @@ import torchvision
 
 from mocoxr import moco
 from mocoxr.moco import (
-    MOCO_DEFAULTS,
     MoCo,
-    batch_shuffle,
-    batch_unshuffle,
-    concat_all_gather,
+    SplitBatchNorm2d,
     enqueue,
     moco_logits,
     moco_loss,
     projection_head,
+    split_batchnorm,
+    split_shuffle,
+    split_unshuffle,
     update_momentum,
 )
 
@@ -173,7 +172,7 @@ def _views(b, seed):
     return torch.randn(b, 3, 32, 32, generator=g), torch.randn(b, 3, 32, 32, generator=g)
 
 
-def test_moco_structure_and_defaults(small_moco):
+def test_moco_structure(small_moco):
     m = small_moco()
     assert isinstance(m.encoder_q, torchvision.models.ResNet) and isinstance(m.encoder_q.fc, nn.Identity)
     assert m.head_q[0].in_features == 512 and m.head_q[0].out_features == 512 and m.head_q[2].out_features == 16
@@ -184,11 +183,6 @@ def test_moco_structure_and_defaults(small_moco):
     assert "queue" in m.state_dict() and "queue_ptr" in m.state_dict()
     v1 = small_moco(mlp=False)
     assert len(v1.head_q) == 1
-    assert MOCO_DEFAULTS["lr"] == 1e-4 and MOCO_DEFAULTS["batch_size"] == 16
-    assert MOCO_DEFAULTS["epochs"] == 20 and MOCO_DEFAULTS["temperature"] == 0.2
-    assert MOCO_DEFAULTS["queue_size"] == 65536 and MOCO_DEFAULTS["momentum"] == 0.999
-    assert MOCO_DEFAULTS["dim"] == 128 and MOCO_DEFAULTS["init"] == "imagenet"
-    assert MOCO_DEFAULTS["queue_size_moco_cxr"] == 24576 and MOCO_DEFAULTS["optimizer"] == "adam"
 
 
 def _vec(params) -> torch.Tensor:
@@ -270,65 +264,113 @@ def test_moco_seeded_and_export_backbone(small_moco, tmp_path):
     assert torch.equal(r.layer4[1].bn2.running_var, a.encoder_q.layer4[1].bn2.running_var)
 
 
-# --- shuffle-BN / gather helpers --------------------------------------------------------------
+# --- shuffle-BN in one process: BatchNorm over groups of the batch, keys shuffled across them
 
 
-def test_distributed_helpers_are_identities_in_one_process():
-    x = torch.randn(5, 3)
-    y, idx = batch_shuffle(x)
-    assert y is x and idx is None
-    assert batch_unshuffle(y, idx) is x
-    assert concat_all_gather(x) is x
-    assert not moco.is_distributed()
+def _x(b=8, c=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, c, 5, 5, generator=g) * 2 + torch.arange(b).view(b, 1, 1, 1)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def test_one_split_is_ordinary_batchnorm():
+    bn, split = nn.BatchNorm2d(3), SplitBatchNorm2d(3, num_splits=1)
+    x = _x()
+    assert torch.equal(bn(x), split(x))
+    assert torch.equal(bn.running_var, split.running_var)
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        sizes = [3, 2]  # unequal per-rank batches (short last batch on rank 1)
-        start = sum(sizes[:rank])
-        x = torch.arange(start, start + sizes[rank], dtype=torch.float32)[:, None].repeat(1, 2)
-        gathered = concat_all_gather(x)
-        torch.manual_seed(100 + rank)  # different RNGs: only rank 0's permutation may count
-        y, idx = batch_shuffle(x)
-        back = batch_unshuffle(y * 10, idx)
-        queue = torch.zeros(4, 2)
-        enqueue(queue, 3, concat_all_gather(x))
-        torch.save({"gathered": gathered, "y": y, "back": back, "queue": queue}, f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def test_each_group_is_normalised_with_its_own_statistics():
+    split = SplitBatchNorm2d(3, num_splits=4)
+    x = _x(8)
+    out = split(x)
+    for g, (xg, og) in enumerate(zip(x.chunk(4), out.chunk(4))):
+        expected = F.batch_norm(xg, None, None, training=True)
+        assert torch.allclose(og, expected, atol=1e-5), g
+    # ordinary BatchNorm normalises with the whole batch: a different output
+    assert not torch.allclose(out, nn.BatchNorm2d(3)(x), atol=1e-3)
 
 
-def test_distributed_shuffle_unshuffle_and_gather_on_two_gloo_processes(tmp_path):
-    mp = torch.multiprocessing.get_context("fork")  # fork: no re-import of torch in the children
-    port = _free_port()
-    procs = [mp.Process(target=_worker, args=(r, 2, port, str(tmp_path))) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-        if p.exitcode is None:
-            p.kill()
-    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
-    res = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
-    full = torch.arange(5, dtype=torch.float32)[:, None].repeat(1, 2)
-    for r in (0, 1):
-        assert torch.equal(res[r]["gathered"], full)  # rank order, unequal sizes
-    # each rank got a slice of one global permutation, same size as its input
-    y0, y1 = res[0]["y"], res[1]["y"]
-    assert y0.shape == (3, 2) and y1.shape == (2, 2)
-    assert sorted(torch.cat([y0, y1])[:, 0].tolist()) == list(range(5))
-    # unshuffle returns each rank its own samples, in order
-    assert torch.equal(res[0]["back"], full[:3] * 10) and torch.equal(res[1]["back"], full[3:] * 10)
-    # the queue is identical on both ranks and holds every rank's keys
-    assert torch.equal(res[0]["queue"], res[1]["queue"])
-    assert res[0]["queue"][:, 0].tolist() == [1.0, 2.0, 3.0, 4.0]
+def test_running_statistics_follow_ordinary_batchnorm():
+    bn, split = nn.BatchNorm2d(3), SplitBatchNorm2d(3, num_splits=4)
+    x = _x(8)
+    bn(x), split(x)
+    # the mean of equal groups' means is the batch mean: identical running means
+    assert torch.allclose(split.running_mean, bn.running_mean, atol=1e-6)
+    # the variance is the mean of the groups' unbiased variances (what 4 devices would hold)
+    group_var = torch.stack([xg.var(dim=(0, 2, 3), unbiased=True) for xg in x.chunk(4)]).mean(0)
+    assert torch.allclose(split.running_var, 0.9 * torch.ones(3) + 0.1 * group_var, atol=1e-5)
+    assert int(split.num_batches_tracked) == 1
+    # eval mode: ordinary BatchNorm with the running statistics
+    split.eval()
+    ref = nn.BatchNorm2d(3).eval()
+    ref.load_state_dict(split.state_dict())
+    assert torch.equal(split(x), ref(x))
+
+
+def test_split_batchnorm_keeps_torchvision_state_dict_and_needs_two_images_per_group(tmp_path):
+    net = split_batchnorm(torchvision.models.resnet18(num_classes=2), 4)
+    kinds = {type(m) for m in net.modules() if isinstance(m, nn.BatchNorm2d)}
+    assert kinds == {SplitBatchNorm2d}
+    plain = torchvision.models.resnet18(num_classes=2)
+    plain.load_state_dict(net.state_dict())  # strict: same keys and shapes
+    with pytest.raises(ValueError, match="groups of at least 2"):
+        net.train()(torch.randn(6, 3, 32, 32))
+    with pytest.raises(ValueError, match="bn_splits"):
+        split_batchnorm(plain, 0)
+
+
+def test_split_shuffle_moves_keys_to_other_groups_and_unshuffle_restores_order():
+    x = torch.arange(32.0).view(32, 1)
+    shuffled, back = split_shuffle(x, torch.Generator().manual_seed(0))
+    assert torch.equal(split_unshuffle(shuffled, back), x)
+    query_groups = [set(g.view(-1).tolist()) for g in x.chunk(4)]
+    key_groups = [set(g.view(-1).tolist()) for g in shuffled.chunk(4)]
+    assert all(k != q for k, q in zip(key_groups, query_groups))
+    # over many draws, a key shares its query's group about 1 time in 4, not always
+    same = 0
+    for s in range(50):
+        perm_x, _ = split_shuffle(x, torch.Generator().manual_seed(s))
+        pos = torch.empty(32, dtype=torch.long)
+        pos[perm_x.view(-1).long()] = torch.arange(32)
+        same += int((pos // 8 == torch.arange(32) // 8).sum())
+    assert 0.15 < same / (50 * 32) < 0.35
+
+
+@pytest.fixture
+def split_moco():
+    torch.manual_seed(0)
+    return MoCo(backbone="resnet18", dim=16, queue_size=32, momentum=0.9, seed=0, bn_splits=4)
+
+
+def test_moco_keys_are_computed_shuffled_and_returned_in_order(split_moco, monkeypatch):
+    im = torch.randn(8, 3, 32, 32)
+    seen = []
+    real = moco.split_shuffle
+    monkeypatch.setattr(moco, "split_shuffle", lambda x: seen.append(real(x)) or seen[-1])
+    torch.manual_seed(3)
+    k = split_moco.keys(im)
+    (shuffled, back), = seen
+    perm = torch.argsort(back)
+    assert not torch.equal(perm, torch.arange(8))
+    assert torch.equal(shuffled, im[perm])
+    expected = F.normalize(split_moco.head_k(split_moco.encoder_k(im[perm])), dim=1)[back]
+    assert torch.allclose(k, expected, atol=1e-6)
+    # without the unshuffle the keys would be out of order
+    assert not torch.allclose(k, expected[perm], atol=1e-3)
+
+
+def test_moco_with_split_bn_trains_and_exports_plain_torchvision(split_moco, tmp_path):
+    im_q, im_k = torch.randn(8, 3, 32, 32), torch.randn(8, 3, 32, 32)
+    loss, logits = split_moco(im_q, im_k)
+    loss.backward()
+    assert logits.shape == (8, 33) and torch.isfinite(loss)
+    path = split_moco.export_backbone(tmp_path / "b.pt")
+    net = torchvision.models.resnet18()
+    net.load_state_dict(torch.load(path, weights_only=True))
+    assert not any(isinstance(m, SplitBatchNorm2d) for m in net.modules())
+    # eval mode of the split encoder is ordinary BatchNorm: the exported model agrees
+    split_moco.eval()
+    net.fc = nn.Identity()
+    net.eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(split_moco.encoder_q(x), net(x), atol=1e-5)

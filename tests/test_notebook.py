@@ -14,13 +14,13 @@ from mocoxr import notebook
 
 
 def test_moving_a_run_folder_keeps_dataset_fingerprint_pretraining_folder_and_pointer(tmp_path: Path):
-    from mocoxr import train
+    from mocoxr.pretrain import PretrainConfig
 
     first = tmp_path / "first" / "run"
     folder = notebook.shenzhen_folder(first, None, {"n_images": 16, "image_size": 32})
     ds = notebook.load_dataset(first, "shenzhen", folder, 16, {"fractions": [1.0], "draws": [1]})
     assert ds.image_size == 16 and ds.images.shape[1:] == (16, 16)
-    cfg = train.PretrainConfig(backbone="resnet18", init="random", image_size=16)
+    cfg = PretrainConfig(backbone="resnet18", init="random", image_size=16)
     out = notebook.pretrain_dir(first, cfg, ds)
     out.mkdir(parents=True)
     (out / "backbone.pt").write_bytes(b"weights")

@@ -1,4 +1,4 @@
-"""Tests for mocoxr.pairs (MedAug positive pairs) and its hook in train.pretrain."""
+"""Tests for mocoxr.pairs (MedAug positive pairs) and its hook in pretrain.pretrain."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import pytest
 import torch
 import yaml
 
-from mocoxr import augment, notebook, pairs, train
+from mocoxr import augment, notebook, pairs
 from mocoxr.book import paths
 from mocoxr.book.ipynb import notebook_parameters
 from mocoxr.book.profile import load_profile
+from mocoxr.pretrain import PretrainConfig, epoch_order, pretrain
 
 MEAN, STD = 0.5, 0.25
 
@@ -129,10 +130,10 @@ def pretrain_setup(n_pat: int = 8, per: int = 3, size: int = 32):
     return images, m, np.arange(len(m))
 
 
-def cfg(**kw) -> train.PretrainConfig:
+def cfg(**kw) -> PretrainConfig:
     base = dict(backbone="resnet18", init="random", image_size=32, batch_size=8, epochs=2,
                 queue_size=32, device="cpu", lr_drops=(), channels_last="off")
-    return train.PretrainConfig(**{**base, **kw})
+    return PretrainConfig(**{**base, **kw})
 
 
 @pytest.mark.parametrize("mode", ["image", "same_study", "same_patient"])
@@ -140,12 +141,12 @@ def test_pretrain_with_each_pairing_runs_and_resumes_identically(mode, tmp_path)
     images, m, rows = pretrain_setup()
     s = pairs.PairSampler(mode, False, pairs.candidate_table(m, rows, mode), images)
     c = cfg(positive_pairs=mode)
-    full = train.pretrain(images, rows, c, tmp_path / "full", MEAN, STD, progress=False, pairs=s)
+    full = pretrain(images, rows, c, tmp_path / "full", MEAN, STD, progress=False, pairs=s)
     assert full["step"] == 6
     part = tmp_path / "part"
-    train.pretrain(images, rows, cfg(positive_pairs=mode, max_steps=4), part, MEAN, STD,
-                   progress=False, pairs=s)
-    res = train.pretrain(images, rows, c, part, MEAN, STD, progress=False, pairs=s)
+    pretrain(images, rows, cfg(positive_pairs=mode, max_steps=4), part, MEAN, STD,
+             progress=False, pairs=s)
+    res = pretrain(images, rows, c, part, MEAN, STD, progress=False, pairs=s)
     assert res["step"] == 6 and not res["cached"]
     a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
     b = torch.load(part / "checkpoint.pt", weights_only=True)
@@ -168,9 +169,9 @@ def test_pretrain_feeds_the_drawn_key_images_to_the_key_encoder(tmp_path, monkey
     real = augment.augment_batch
     monkeypatch.setattr(augment, "augment_batch",
                         lambda x, c, g: (seen.append(x.clone()), real(x, c, g))[1])
-    train.pretrain(images, rows, cfg(positive_pairs="same_patient", max_steps=1), tmp_path,
-                   MEAN, STD, progress=False, pairs=s)
-    q = np.sort(rows[train.epoch_order(len(rows), 0, 0)[:8]])
+    pretrain(images, rows, cfg(positive_pairs="same_patient", max_steps=1), tmp_path,
+             MEAN, STD, progress=False, pairs=s)
+    q = np.sort(rows[epoch_order(len(rows), 0, 0)[:8]])
     assert torch.equal(seen[0], torch.from_numpy(images[q]))
     assert torch.equal(seen[1], torch.from_numpy(images[s.keys(q, 0, 0)]))
     assert (m["patient"].to_numpy()[s.keys(q, 0, 0)] == m["patient"].to_numpy()[q]).all()
@@ -182,22 +183,22 @@ def test_pretrain_checks_the_sampler_against_config_and_checkpoint(tmp_path):
     stu = pairs.PairSampler("same_study", False, pairs.candidate_table(m, rows, "same_study"),
                             images)
     with pytest.raises(ValueError, match="needs pairs="):
-        train.pretrain(images, rows, cfg(positive_pairs="same_study"), tmp_path, MEAN, STD,
-                       progress=False)
+        pretrain(images, rows, cfg(positive_pairs="same_study"), tmp_path, MEAN, STD,
+                 progress=False)
     with pytest.raises(ValueError, match="config asks for"):
-        train.pretrain(images, rows, cfg(positive_pairs="same_patient"), tmp_path, MEAN, STD,
-                       progress=False, pairs=stu)
+        pretrain(images, rows, cfg(positive_pairs="same_patient"), tmp_path, MEAN, STD,
+                 progress=False, pairs=stu)
     with pytest.raises(ValueError, match="cover exactly the training rows"):
-        train.pretrain(images, rows[:16], cfg(positive_pairs="same_study"), tmp_path, MEAN, STD,
-                       progress=False, pairs=stu)
-    train.pretrain(images, rows, cfg(positive_pairs="same_study", max_steps=1), tmp_path, MEAN,
-                   STD, progress=False, pairs=stu)
+        pretrain(images, rows[:16], cfg(positive_pairs="same_study"), tmp_path, MEAN, STD,
+                 progress=False, pairs=stu)
+    pretrain(images, rows, cfg(positive_pairs="same_study", max_steps=1), tmp_path, MEAN,
+             STD, progress=False, pairs=stu)
     other = pairs.PairSampler("same_study", False,
                               pairs.candidate_table(m.assign(study=m["patient"]), rows, "same_study"),
                               images)
     with pytest.raises(ValueError, match="other positive pairs"):
-        train.pretrain(images, rows, cfg(positive_pairs="same_study"), tmp_path, MEAN, STD,
-                       progress=False, pairs=other)
+        pretrain(images, rows, cfg(positive_pairs="same_study"), tmp_path, MEAN, STD,
+                 progress=False, pairs=other)
     assert pairs.table_sha1(pd.read_csv(tmp_path / "pairs.csv")) == stu.sha1  # the run's own
 
 
@@ -207,9 +208,9 @@ def test_pretrain_checks_the_sampler_against_config_and_checkpoint(tmp_path):
 def test_sampler_for_a_phantom_dataset_adds_training_laterals_only(tmp_path):
     run_dir = tmp_path / "run"
     folder = notebook.chexpert_folder(run_dir, None, {"n_patients": 30, "n_valid_patients": 5,
-                                                  "image_size": 48})
+                                                      "image_size": 48})
     ds = notebook.load_dataset(run_dir, "chexpert", folder, 32, {"fractions": [1.0], "draws": [1],
-                                                             "val_fraction": 0.2})
+                                                                 "val_fraction": 0.2})
     assert pairs.sampler_for_dataset(run_dir, ds, folder, "image") is None
     s = pairs.sampler_for_dataset(run_dir, ds, folder, "same_study", True)
     train_rows, m = ds.prepared.rows("train"), ds.manifest
@@ -293,7 +294,7 @@ def test_recorded_comparison_is_committed_with_its_command():
 
 
 def test_command_line_pretraining_takes_positive_pairs_from_the_manifest(tmp_path):
-    from mocoxr import distributed
+    from mocoxr import torchrun_pretrain
 
     images, m, rows = pretrain_setup()
     np.save(tmp_path / "images.npy", images)
@@ -303,8 +304,8 @@ def test_command_line_pretraining_takes_positive_pairs_from_the_manifest(tmp_pat
             "--set", "batch_size=8", "--set", "queue_size=32", "--set", "image_size=32",
             "--set", "init=random", "--set", "device=cpu"]
     with pytest.raises(ValueError, match="needs --manifest"):
-        distributed.main(args)
-    res = distributed.main(args + ["--manifest", str(tmp_path / "m.csv"), "--split", "train"])
+        torchrun_pretrain.main(args)
+    res = torchrun_pretrain.main(args + ["--manifest", str(tmp_path / "m.csv"), "--split", "train"])
     assert res["step"] == 1
     saved = pd.read_csv(tmp_path / "out" / "pairs.csv")
     assert (saved["patient"].to_numpy() == m["patient"].to_numpy()[saved["key_row"]]).all()

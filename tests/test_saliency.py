@@ -11,11 +11,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from mocoxr import calibration, data, models, phantom, saliency, train
+from mocoxr import calibration, data, finetune, models, phantom, saliency
 
 
 def one_logit(name: str = "resnet18") -> nn.Module:
-    return train._replace_head(models.create_backbone(name, seed=0), 0).eval()
+    return finetune.replace_head(models.create_backbone(name, seed=0), 0).eval()
 
 
 # ----------------------------------------------------------------------------- Grad-CAM
@@ -185,13 +185,13 @@ def test_finetune_keeps_first_draw_models_that_reproduce_their_predictions(tmp_p
     model = experiments.load_finetuned(tmp_path, "finetune", "resnet18", "random", 1.0)
     rows, _, saved = evaluate.load_predictions(tmp_path / "predictions", "finetune", "resnet18",
                                                "random", 1.0, 0)
-    np.testing.assert_allclose(train.predict(model, images, rows, 0.4, 0.25, 32), saved,
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(finetune.predict(model, images, rows, 0.4, 0.25, 32), saved,
+                                  rtol=1e-4, atol=1e-5)
     assert saliency.grad_cam_rows(model, images, rows[:2], 0.4, 0.25, 32).shape == (2, 32, 32)
     # reused when kept; a missing kept model is trained again (draw 0 only)
     calls = []
-    real = train.finetune
-    monkeypatch.setattr(train, "finetune", lambda *a, **k: calls.append(k) or real(*a, **k))
+    real = finetune.finetune
+    monkeypatch.setattr(finetune, "finetune", lambda *a, **k: calls.append(k) or real(*a, **k))
     experiments.run_finetune_experiment(prep, images, {"random": "random"}, "resnet18", **kw)
     assert calls == []
     (tmp_path / "finetune" / kept[0]).unlink()

@@ -12,7 +12,8 @@ import torch
 import torchvision
 
 import mocoxr
-from mocoxr import models, train, weights
+from mocoxr import models, weights
+from mocoxr.pretrain import PretrainConfig, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
 MEAN, STD, SIZE = 0.45, 0.22, 32
@@ -20,15 +21,15 @@ MEAN, STD, SIZE = 0.45, 0.22, 32
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory) -> Path:
-    """A 2-step MoCo run: train.pretrain exports backbone.pt and writes its card."""
+    """A 2-step MoCo run: pretrain.pretrain exports backbone.pt and writes its card."""
     out = tmp_path_factory.mktemp("pre")
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (16, SIZE, SIZE), dtype=np.uint8)
-    cfg = train.PretrainConfig(backbone="resnet18", init="random", image_size=SIZE, batch_size=8, epochs=1,
-                               queue_size=16, device="cpu", lr_drops=(), monitor_every=1)
+    cfg = PretrainConfig(backbone="resnet18", init="random", image_size=SIZE, batch_size=8, epochs=1,
+                         queue_size=16, device="cpu", lr_drops=(), monitor_every=1)
     monitor = lambda enc: {"knn_auc": 0.5, "linear_auc": 0.6}  # noqa: E731
-    train.pretrain(images, np.arange(16), cfg, out, MEAN, STD, monitor=monitor, progress=False,
-                   data={"dataset": "random pixels"})
+    pretrain(images, np.arange(16), cfg, out, MEAN, STD, monitor=monitor, progress=False,
+             data={"dataset": "random pixels"})
     return out / "backbone.pt"
 
 

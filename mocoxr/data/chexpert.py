@@ -14,6 +14,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from mocoxr.schema import UNCERTAIN_POLICIES
+
 CHEXPERT_OBSERVATIONS: tuple[str, ...] = (
     "No Finding",
     "Enlarged Cardiomediastinum",
@@ -30,7 +32,6 @@ CHEXPERT_OBSERVATIONS: tuple[str, ...] = (
     "Fracture",
     "Support Devices",
 )
-UNCERTAIN_POLICIES = ("ones", "zeros", "ignore")
 CHEXPERT_DIR_NAMES = ("CheXpert-v1.0-small", "CheXpert-v1.0")
 SHOW = 5  # how many offending values an error message lists
 

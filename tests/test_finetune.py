@@ -1,0 +1,91 @@
+"""Tests for mocoxr.finetune: scoring (predict), the fine-tuning loop, its head warm-up and
+optimizer groups. Tiny sizes: 32 px, resnet18, CPU."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from mocoxr import finetune, models
+
+MEAN, STD = 0.5, 0.25
+
+
+
+def tiny_images(n: int, seed: int = 0, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Random uint8 images; label-1 images carry a bright block at the bottom (learnable)."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    img = rng.integers(0, 160, (n, size, size), dtype=np.uint8)
+    img[y == 1, size // 2:, : size // 2] = 250
+    return img, y
+
+
+IMAGES, LABELS = tiny_images(24)
+
+
+def test_predict_feeds_a_channels_last_model_and_scores_like_nchw():
+    model = finetune.replace_head(models.create_backbone("resnet18", "random", seed=0), seed=0)
+    rows = np.array([3, 1, 2, 0, 9])
+    a = finetune.predict(model, IMAGES, rows, MEAN, STD, 32, batch_size=2)
+    b = finetune.predict(model.to(memory_format=torch.channels_last), IMAGES, rows, MEAN, STD, 32,
+                         batch_size=2)
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+    assert a.shape == (5,) and np.unique(a).size == 5  # five different images, in order
+
+
+def test_finetune_keeps_the_best_validation_epoch():
+    images, y = tiny_images(40, seed=3)
+    tr, va = np.arange(24), np.arange(24, 40)
+    fcfg = finetune.FinetuneConfig(image_size=32, batch_size=8, max_epochs=3, label_fraction=1.0,
+                                   device="cpu", seed=0)
+    # score the validation rows as "test": the returned scores must be the best epoch's
+    scores, hist = finetune.finetune("resnet18", "random", images, tr, y[tr], va, y[va], va,
+                                     MEAN, STD, fcfg)
+    assert list(hist["epoch"]) == [1, 2, 3]  # min(probe_epochs(1.0) = 5, max_epochs = 3)
+    best = int(np.argmax(hist["val_auc"].to_numpy()))
+    assert hist["best"].tolist() == [i == best for i in range(3)]
+    assert roc_auc_score(y[va], scores) == pytest.approx(hist["val_auc"].max(), abs=1e-9)
+    with pytest.raises(ValueError, match="both classes"):
+        finetune.finetune("resnet18", "random", images, tr, np.zeros(24, int), va, y[va], va,
+                          MEAN, STD, fcfg)
+
+
+def test_finetune_head_warmup_freezes_the_encoder_and_its_batchnorm(tmp_path, monkeypatch):
+    images, y = tiny_images(40, seed=3)
+    tr, va = np.arange(24), np.arange(24, 40)
+    net = models.create_backbone("resnet18", init="random", seed=5)
+    path = models.export_backbone(net, tmp_path / "b.pt")
+    before = torch.load(path, weights_only=True)
+    kept = {}
+    real = finetune.predict
+    def spy(model, *a, **k):  # the state after the (only) epoch
+        kept.update({n: t.detach().clone() for n, t in model.state_dict().items()})
+        return real(model, *a, **k)
+    monkeypatch.setattr(finetune, "predict", spy)
+    fcfg = finetune.FinetuneConfig(image_size=32, batch_size=8, max_epochs=1, device="cpu",
+                                   head_warmup_epochs=1)
+    finetune.finetune("resnet18", str(path), images, tr, y[tr], va, y[va], va, MEAN, STD, fcfg)
+    body = [n for n in before if not n.startswith("fc.")]
+    assert all(torch.equal(before[n], kept[n]) for n in body)  # weights and BN statistics
+    fresh_head = finetune.replace_head(models.create_backbone("resnet18", seed=0), 0).fc.weight
+    assert kept["fc.weight"].shape == fresh_head.shape
+    assert not torch.equal(kept["fc.weight"], fresh_head.detach())  # the head did train
+    # without warm-up the same epoch moves the encoder and its running statistics
+    fcfg.head_warmup_epochs = 0
+    finetune.finetune("resnet18", str(path), images, tr, y[tr], va, y[va], va, MEAN, STD, fcfg)
+    assert not torch.equal(before["conv1.weight"], kept["conv1.weight"])
+    assert not torch.equal(before["bn1.running_mean"], kept["bn1.running_mean"])
+
+
+def test_finetune_optimizer_groups_and_bad_options():
+    model = finetune.replace_head(models.create_backbone("resnet18", seed=0), 0)
+    opt = finetune.finetune_optimizer(model, finetune.FinetuneConfig(lr=1e-3, encoder_lr_scale=0.1),
+                                         torch.device("cpu"))
+    body, head = opt.param_groups
+    assert body["lr"] == pytest.approx(1e-4) and head["lr"] == pytest.approx(1e-3)
+    assert {id(p) for p in head["params"]} == {id(p) for p in model.fc.parameters()}
+    assert len(body["params"]) + len(head["params"]) == len(list(model.parameters()))
+    with pytest.raises(ValueError, match="encoder_lr_scale"):
+        finetune.finetune_optimizer(model, finetune.FinetuneConfig(encoder_lr_scale=0),
+                                       torch.device("cpu"))
