@@ -115,10 +115,14 @@ plt.show()
 # loss; one that cannot tell its key from the queue pays about $\ln(K+1)$.
 
 # %%
+def unit(n):  # n random unit vectors of dimension D = 8 (draws from g)
+    return torch.nn.functional.normalize(torch.randn(n, 8, generator=g), dim=1)
+
+
 g = torch.Generator().manual_seed(0)
-q = torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=1)  # 4 queries, D = 8
-queue = torch.nn.functional.normalize(torch.randn(16, 8, generator=g), dim=1)  # K = 16 keys
-k_random = torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=1)
+q = unit(4)  # 4 queries, D = 8
+queue = unit(16)  # K = 16 keys
+k_random = unit(4)
 logits = moco.moco_logits(q, q, queue, temperature=0.2)  # the key equal to its query
 print("logits", tuple(logits.shape), "= (batch, 1 + K); column 0 = q.k+/T:",
       torch.allclose(logits[:, 0], (q * q).sum(1) / 0.2))
@@ -152,13 +156,16 @@ print(f"m = {cfg.momentum}: the key weights moved by (1 - m) x (query - key):",
 # %%
 dev = runtime.resolve_device(cfg.device)
 net, optimizer = pretraining.make_model(cfg, dev)
-batch = torch.from_numpy(np.ascontiguousarray(ds.images[np.sort(train_rows[:cfg.batch_size])]))
+first_rows = np.sort(train_rows[:cfg.batch_size])
+batch = torch.from_numpy(np.ascontiguousarray(ds.images[first_rows]))
 first_weight = net.encoder_q.conv1.weight.detach().clone()
 loss0 = pretraining.pretrain_step(net.train(), optimizer, cfg, step=0, lr=cfg.lr,
-                                  x=batch.to(dev), xk=batch.to(dev), mean=ds.mean, std=ds.std)
-print(f"loss {float(loss0):.3f} (chance ln(K+1) = {np.log(cfg.queue_size + 1):.3f}); queue pointer "
-      f"{int(net.queue_ptr)} (= batch {cfg.batch_size}); query encoder changed: "
-      f"{not torch.equal(first_weight, net.encoder_q.conv1.weight)}")
+                                  x=batch.to(dev), xk=batch.to(dev),
+                                  mean=ds.mean, std=ds.std)
+changed = not torch.equal(first_weight, net.encoder_q.conv1.weight)
+print(f"loss {float(loss0):.3f} (chance ln(K+1) = {np.log(cfg.queue_size + 1):.3f}); "
+      f"queue pointer {int(net.queue_ptr)} (= batch {cfg.batch_size}); "
+      f"query encoder changed: {changed}")
 del net, optimizer
 
 # %% [markdown]
@@ -186,7 +193,8 @@ mon = (notebook.knn_monitor(ds, seed=seed, **monitor)
        if pretrain["monitor_every"] else None)
 t0 = time.time()
 source = "embedded phantoms (not CheXpert)" if data_dir is None else Path(data_dir).name
-result = pretraining.pretrain(ds.images, train_rows, cfg, out, ds.mean, ds.std, monitor=mon,
+result = pretraining.pretrain(ds.images, train_rows, cfg, out, ds.mean, ds.std,
+                              monitor=mon,
                               data={"dataset": source, "fingerprint": ds.fingerprint})
 minutes = (time.time() - t0) / 60
 exported = notebook.record_pretrained(run_dir, backbone, out)

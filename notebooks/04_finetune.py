@@ -211,7 +211,8 @@ y_val, cal_inputs = ds.prepared.labels(val_rows), {}
 for f in (f_small, f_large):
     for init in backbones:
         model = experiments.load_finetuned(paths.root, "finetune", backbone, init, f)
-        p_val = finetuning.predict(model, ds.images, val_rows, ds.mean, ds.std, image_size)
+        p_val = finetuning.predict(model, ds.images, val_rows, ds.mean, ds.std,
+                                   image_size)
         _, y_test, p_test = evaluate.load_predictions(paths.predictions, "finetune",
                                                       backbone, init, f, 0)
         cal_inputs[init, f] = (y_val, p_val, y_test, p_test)
