@@ -11,25 +11,28 @@ Same as ``mocoxr.load_backbone(weights)``: a torchvision model in eval mode with
 dependencies = ["torch", "torchvision", "numpy"]
 
 
-def _load(name: str, weights, device: str):
+def _load(name: str, weights, **options):
     if weights is None:
         raise ValueError(f"{name}: pass weights=<path to an exported backbone.pt>; mocoxr "
                          "publishes no weights to download")
     from mocoxr.weights import load_backbone
 
-    return load_backbone(weights, device=device, expect=name.removeprefix("moco_"))
+    return load_backbone(weights, expect=name.removeprefix("moco_"), **options)
 
 
-def moco_resnet18(weights=None, device: str = "cpu"):
-    """A MoCo-pretrained ResNet18 exported by mocoxr (``weights``: its backbone.pt)."""
-    return _load("moco_resnet18", weights, device)
+def moco_resnet18(weights=None, **options):
+    """A MoCo-pretrained ResNet18 exported by mocoxr (``weights``: its backbone.pt; ``options``: as
+    ``mocoxr.load_backbone``, e.g. ``device``)."""
+    return _load("moco_resnet18", weights, **options)
 
 
-def moco_resnet50(weights=None, device: str = "cpu"):
-    """A MoCo-pretrained ResNet50 exported by mocoxr (``weights``: its backbone.pt)."""
-    return _load("moco_resnet50", weights, device)
+def moco_resnet50(weights=None, **options):
+    """A MoCo-pretrained ResNet50 exported by mocoxr (``weights``: its backbone.pt; ``options``: as
+    ``mocoxr.load_backbone``, e.g. ``device``)."""
+    return _load("moco_resnet50", weights, **options)
 
 
-def moco_densenet121(weights=None, device: str = "cpu"):
-    """A MoCo-pretrained DenseNet121 exported by mocoxr (``weights``: its backbone.pt)."""
-    return _load("moco_densenet121", weights, device)
+def moco_densenet121(weights=None, **options):
+    """A MoCo-pretrained DenseNet121 exported by mocoxr (``weights``: its backbone.pt; ``options``: as
+    ``mocoxr.load_backbone``, e.g. ``device``)."""
+    return _load("moco_densenet121", weights, **options)

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mocoxr import checkpoint, evaluate, finetune, keys, models, probe, store
+from mocoxr import checkpoint, evaluate, finetune, keys, models, probe, runtime, store
 
 EXPERIMENTS = ("linear", "finetune", "shenzhen_linear", "shenzhen_finetune")
 
@@ -81,7 +81,8 @@ def _tag(x: Any) -> str:
 
 def dataset_features(prepared: Any, images: np.ndarray, backbone_name: str, init_name: str,
                      spec: Any, mean: float, std: float, image_size: int, out_dir: str | Path,
-                     batch_size: int = 64, device: str = "cpu", seed: int = 0) -> np.ndarray:
+                     batch_size: int = 64, device: str = runtime.DEFAULT_DEVICE,
+                     seed: int = 0) -> np.ndarray:
     """Features (len(manifest), D) of every manifest row for one backbone spec, cached in
     ``out_dir/features`` and keyed by the weights' content hash, the images' content hash and
     the feature code (so a retrained checkpoint, other images under the same names or edited
@@ -150,7 +151,7 @@ def run_linear_experiment(prepared: Any, images: np.ndarray, backbones: Mapping[
                           out_dir: str | Path, experiment: str = "linear",
                           method: str = "logreg", fractions: Sequence[float] | None = None,
                           max_draws: int | None = None, n_boot: int = 1000, seed: int = 0,
-                          device: str = "cpu", batch_size: int = 64,
+                          device: str = runtime.DEFAULT_DEVICE, batch_size: int = 64,
                           probe_kwargs: Mapping[str, Any] | None = None,
                           standardize_on: str = "train_split",
                           progress: bool = True) -> pd.DataFrame:
@@ -204,7 +205,7 @@ def run_finetune_experiment(prepared: Any, images: np.ndarray, backbones: Mappin
                             out_dir: str | Path, experiment: str = "finetune",
                             fractions: Sequence[float] | None = None,
                             max_draws: int | None = None, max_epochs: int | None = None,
-                            n_boot: int = 1000, seed: int = 0, device: str = "auto",
+                            n_boot: int = 1000, seed: int = 0, device: str = runtime.DEFAULT_DEVICE,
                             batch_size: int = 16, lr: float = 1e-4,
                             augment: Mapping[str, Any] | None = None,
                             head_warmup_epochs: int = 0, encoder_lr_scale: float = 1.0,

@@ -39,7 +39,7 @@ class FinetuneConfig:
     max_epochs: int | None = None     # ours: cap on probe_epochs(label_fraction) (CPU budgets)
     label_fraction: float = 1.0       # sets the epoch count through probe_epochs
     seed: int = 0
-    device: str = "auto"
+    device: str = runtime.DEFAULT_DEVICE
     augment: dict = field(default_factory=dict)  # overrides of augment.AugmentConfig fields
     eval_batch_size: int = 64
     amp: str = "auto"

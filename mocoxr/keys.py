@@ -16,6 +16,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from mocoxr import store
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 # the modules whose code decides what a trained model computes (cache keys of models/features)
 TRAINING_CODE = ("augment", "checkpoint", "distributed", "finetune", "models", "moco", "pretrain",
@@ -59,10 +61,8 @@ def file_digest(path: str | Path) -> str:
         pass
     digest = file_sha1(path)
     try:
-        tmp = memo.with_name(f"{memo.name}.{os.getpid()}")
-        tmp.write_text(json.dumps({"stat": stat, "sha1": digest}))
-        os.replace(tmp, memo)
-    except OSError:
+        store.atomic_write_text(memo, json.dumps({"stat": stat, "sha1": digest}))
+    except (OSError, store.StorageError):
         pass  # read-only folder: no memo, same digest
     return digest
 

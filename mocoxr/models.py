@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
@@ -216,25 +215,9 @@ def create_backbone(name: str, init: str | Path = "random", seed: int = 0) -> nn
 
 
 def _atomic_save(obj, path: str | Path) -> Path:
-    path = Path(path)
-    with store.writing(path):  # a full disk or read-only folder: one-line StorageError
-        return _atomic_save_raw(obj, path)
-
-
-def _atomic_save_raw(obj, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """``torch.save`` through :func:`store.atomic_write` (a reader never sees half a file)."""
+    store.atomic_write(path, lambda fh: torch.save(obj, fh))
+    return Path(path)
 
 
 def _plain_state_dict(model: nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -62,7 +62,7 @@ class PretrainConfig:
                                       # groups of the batch, key batch shuffled across them
                                       # (moco.SplitBatchNorm2d); 1 = ordinary BatchNorm
     seed: int = 0                     # ours: every random draw derives from (seed, step)
-    device: str = "auto"              # ours: "auto" = cuda when available, else cpu
+    device: str = runtime.DEFAULT_DEVICE  # ours: "auto" = cuda when available, else cpu
     augment: dict = field(default_factory=dict)  # overrides of augment.AugmentConfig fields
                                       # (out_size is always image_size); JSON-able values only
     positive_pairs: str = "image"     # paper: "image" (both views from one image); MedAug (Vu
@@ -184,7 +184,7 @@ class _Run:
     world: int = 1
     spe: int = 1                      # steps per epoch
     total: int = 0                    # steps of the whole run
-    device: torch.device = torch.device("cpu")
+    device: torch.device | None = None  # runtime.resolve_device(cfg.device), set by _build
     model: Any = None                 # the moco.MoCo model
     net: Any = None                   # the module that runs the step (model, or it in DDP)
     optimizer: Any = None

@@ -64,12 +64,9 @@ def _feature_meta(key: str, images: np.ndarray, rows: np.ndarray, mean: float, s
 def load_cached_features(cache_file: str | Path, meta: dict) -> np.ndarray | None:
     """Features stored in ``cache_file`` when its JSON sidecar equals ``meta``; else None."""
     cache_file = Path(cache_file)
-    sidecar = cache_file.with_suffix(".json")
-    if not (cache_file.exists() and sidecar.exists()):
+    if not store.sidecar_matches(cache_file.with_suffix(".json"), meta, [cache_file]):
         return None
     try:
-        if json.loads(sidecar.read_text()) != meta:
-            return None
         feats = np.load(cache_file)
     except (ValueError, OSError):
         return None  # unreadable cache: recompute
@@ -79,7 +76,8 @@ def load_cached_features(cache_file: str | Path, meta: dict) -> np.ndarray | Non
 @torch.no_grad()
 def extract_features(model: nn.Module | Callable[[], nn.Module], images: np.ndarray,
                      rows: np.ndarray, mean: float, std: float, image_size: int,
-                     batch_size: int = 64, device: str | torch.device | None = "cpu",
+                     batch_size: int = 64,
+                     device: str | torch.device | None = runtime.DEFAULT_DEVICE,
                      cache_file: str | Path | None = None, key: str | None = None,
                      progress: bool = False, channels_last: str = "auto") -> np.ndarray:
     """Frozen-encoder features (len(rows), D) float32 of cache rows, resized to ``image_size``.
@@ -227,7 +225,8 @@ def fit_linear_probe(train_X: np.ndarray, train_y: np.ndarray, test_X: np.ndarra
                      max_iter: int = 2000, epochs: int | None = None, batch_size: int = 16,
                      lr: float = 1e-4, standardize: bool | None = None,
                      unlabelled_X: np.ndarray | None = None,
-                     device: str | torch.device = "cpu") -> tuple[np.ndarray, dict]:
+                     device: str | torch.device = runtime.DEFAULT_DEVICE
+                     ) -> tuple[np.ndarray, dict]:
     """Fit a linear classifier on frozen features; return ``(test scores (N_test,) in [0, 1],
     info dict)`` (``method``, the chosen ``C`` or epochs, ``val_auc``...).
 

@@ -21,6 +21,8 @@ from torch import nn
 
 from mocoxr import augment
 
+DEFAULT_DEVICE = "auto"  # the default of every ``device`` parameter: cuda when available, else cpu
+
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``"auto"``/None -> cuda when available, else cpu; anything else as given."""

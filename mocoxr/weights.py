@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -32,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mocoxr import __version__, keys, models
+from mocoxr import __version__, keys, models, runtime, store
 
 __all__ = ["CARD_FIELDS", "card_path", "sha256_file", "make_card", "write_model_card",
            "read_model_card", "load_backbone", "Preprocess"]
@@ -94,9 +93,7 @@ def make_card(weights: str | Path, backbone: str, input_size: int, mean: float, 
 def write_model_card(weights: str | Path, **fields: Any) -> Path:
     """Write ``make_card(weights, **fields)`` beside ``weights`` (atomically); returns its path."""
     path = card_path(weights)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(make_card(weights, **fields), indent=1))
-    os.replace(tmp, path)
+    store.atomic_write_text(path, json.dumps(make_card(weights, **fields), indent=1))
     return path
 
 
@@ -126,8 +123,9 @@ def read_model_card(weights: str | Path) -> dict[str, Any]:
 class Preprocess:
     """The card's preprocessing: gray uint8 / [0, 1] images -> normalised (B, 3, S, S) float."""
 
-    def __init__(self, size: int, mean: float, std: float) -> None:
+    def __init__(self, size: int, mean: float, std: float, device: str | torch.device) -> None:
         self.size, self.mean, self.std = int(size), float(mean), float(std)
+        self.device = torch.device(device)  # the model's: its output goes where the model is
 
     def __repr__(self) -> str:
         return f"Preprocess(size={self.size}, mean={self.mean:.4f}, std={self.std:.4f})"
@@ -174,7 +172,7 @@ class Preprocess:
         return x[..., top:top + self.size, left:left + self.size]
 
     def __call__(self, images: Any) -> torch.Tensor:
-        x = self._resize(self._gray01(images))
+        x = self._resize(self._gray01(images).to(self.device))
         return ((x - self.mean) / self.std).expand(-1, 3, -1, -1).contiguous()
 
 
@@ -197,7 +195,7 @@ def _input_check(pre: Preprocess):
     return hook
 
 
-def load_backbone(path: str | Path, device: str | torch.device = "cpu",
+def load_backbone(path: str | Path, device: str | torch.device = runtime.DEFAULT_DEVICE,
                   expect: str | None = None, check_inputs: bool = True) -> nn.Module:
     """The exported backbone at ``path`` as a torchvision model in eval mode, with ``.card``,
     ``.preprocess`` and (``check_inputs``) the forward input check (module docstring).
@@ -205,10 +203,11 @@ def load_backbone(path: str | Path, device: str | torch.device = "cpu",
     card = read_model_card(path)
     if expect is not None and card["backbone"] != expect:
         raise ValueError(f"{path} holds a {card['backbone']} (model card), not a {expect}")
+    device = runtime.resolve_device(device)
     model = models.create_backbone(card["backbone"], init=Path(path)).eval().to(device)
     norm = card["normalisation"]
     model.card = card
-    model.preprocess = Preprocess(card["input_size"], norm["mean"][0], norm["std"][0])
+    model.preprocess = Preprocess(card["input_size"], norm["mean"][0], norm["std"][0], device)
     if check_inputs:
         model.register_forward_pre_hook(_input_check(model.preprocess))
     return model

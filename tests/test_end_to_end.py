@@ -87,7 +87,6 @@ def test_results_table_has_every_experiment_init_fraction_and_draw(run):
                           & np.isclose(res["label_fraction"], f)]
                 assert sorted(sel["draw"]) == [evaluate.MEAN_DRAW, *range(n_draws)], (name, init, f)
     assert ((res["ci_low"] <= res["auc"]) & (res["auc"] <= res["ci_high"])).all()
-    assert res["auc"].between(0, 1).all()
     n_test = {"linear": len(chex.rows("test")), "shenzhen_linear": len(shen.rows("test"))}
     for name, n in n_test.items():
         assert (res.loc[res["experiment"] == name, "n_test"] == n).all()

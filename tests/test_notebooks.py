@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mocoxr import evaluate, notebook
+from mocoxr import evaluate, notebook, tables
 from mocoxr.book import paths, runner
 from mocoxr.book.ipynb import notebook_errors
 from mocoxr.book.profile import load_profile
@@ -72,12 +72,15 @@ def test_pretrain_notebook_records_loss_and_exports_torchvision_weights(tiny):
     g = glued(run_dir, "02_pretrain")
     assert g["steps"] == 3  # tiny: max_steps 3
     assert np.isfinite(g["loss_first"]) and np.isfinite(g["loss_last"]) and g["loss_first"] > 0
-    assert 0 <= g["knn_first"] <= 1 and 0 <= g["knn_last"] <= 1
-    assert 0 <= g["linear_first"] <= 1 and 0 <= g["linear_last"] <= 1
     exported = paths.run_paths(run_dir).moco_backbone("resnet18")
     torchvision.models.resnet18().load_state_dict(torch.load(exported, weights_only=True))
     log = pd.read_csv(exported.parent / "loss_log.csv")
     assert log["step"].max() == 3 and {"knn_auc", "linear_auc"} <= set(log)
+    for name in ("knn", "linear"):  # the prose's monitor figures are the log's first and last
+        curve = log[f"{name}_auc"].dropna()
+        assert len(curve) >= 2, log
+        assert g[f"{name}_first"] == pytest.approx(curve.iloc[0])
+        assert g[f"{name}_last"] == pytest.approx(curve.iloc[-1])
 
 
 def test_results_table(tiny):
@@ -92,7 +95,6 @@ def test_results_table(tiny):
     counts = res.groupby(["experiment", "init"]).size()
     for exp, n in per_init.items():
         assert counts[exp, "moco"] == counts[exp, "random"] == n, counts
-    assert res["auc"].between(0, 1).all()
     assert (res["ci_low"] <= res["ci_high"]).all()
     inside = (res["ci_low"] - 1e-9 <= res["auc"]) & (res["auc"] <= res["ci_high"] + 1e-9)
     assert inside.mean() >= 0.9, res[~inside]  # a percentile CI can miss its point on ~20 images
@@ -111,7 +113,6 @@ def test_deltas_table_and_the_prose_numbers_come_from_it(tiny):
     assert len(d) == 8 and set(d["experiment"]) == EXPERIMENTS
     assert set(d["comparison"]) == {"moco - random"}
     assert ((d["ci_low"] <= d["delta"] + 1e-9) & (d["delta"] <= d["ci_high"] + 1e-9)).mean() >= 0.9
-    assert d["delta"].between(-1, 1).all()
     for run_id, exp in (("03_linear_probe", "linear"), ("04_finetune", "finetune")):
         g = glued(run_dir, run_id)
         row = d[(d["experiment"] == exp) & np.isclose(d["label_fraction"], 0.1)].iloc[0]
@@ -130,7 +131,9 @@ def test_deltas_table_and_the_prose_numbers_come_from_it(tiny):
 def test_results_notebook_compares_with_the_paper(tiny):
     run_dir = tiny[0]
     g = glued(run_dir, "06_results")
-    assert g["n_findings"] == 3 and 0 <= g["n_findings_reproduced"] <= 3
+    verdicts = tables.findings(pd.read_csv(run_dir / "deltas.csv"), tables.paper_results())
+    assert g["n_findings"] == len(verdicts) == 3
+    assert g["n_findings_reproduced"] == (verdicts["holds"] == "yes").sum()
     assert g["paper_lin_small"] == pytest.approx(0.776 - 0.683)  # packaged paper figures, ResNet18
     assert "not CheXpert" in g["data_source"]
 

@@ -102,12 +102,8 @@ def _chexpert_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
 
 
 def _up_to_date(sidecar: Path, params: dict, required: Sequence[Path]) -> bool:
-    if not sidecar.is_file() or not all(p.exists() for p in required):
-        return False
-    try:
-        return json.loads(sidecar.read_text()) == params
-    except (OSError, json.JSONDecodeError):
-        return False
+    """The tree's sidecar matches ``params`` and its folders and CSVs are all there."""
+    return all(p.exists() for p in required) and store.sidecar_matches(sidecar, params)
 
 
 def _replace_dir(tmp: Path, final: Path, ours: bool) -> None:
