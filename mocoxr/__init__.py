@@ -1,11 +1,14 @@
 """mocoxr: MoCo v2 pretraining for chest X-rays, the pipeline behind the book.
 
-Stages, one module each: ``data`` (readers, splits, label-fraction subsets), ``phantom``
-(synthetic radiographs in the real on-disk formats), ``cache`` (decoded images), ``augment``,
-``models``, ``moco``, ``pretrain`` (its files in ``checkpoint``, torch.distributed in
-``distributed``, devices and batches in ``runtime``), ``probe``, ``finetune``, ``evaluate``,
-``experiments`` (sweeps) and ``book`` (profiles, papermill runs, site build). ``weights`` holds the model card and
-``mocoxr.load_backbone(path)``, which loads an exported backbone in one line.
+In the paper's order: the packages ``data`` (CheXpert and Shenzhen readers, patient-level
+splits, label-fraction subsets, the decoded-image cache) and ``phantom`` (synthetic radiographs
+in the real on-disk formats); the method: ``augment``, ``models``, ``moco``, ``pretrain`` (its
+files in ``checkpoint``, devices and batches in ``runtime``, torch.distributed in
+``distributed``), ``pairs``; the evaluation: ``probe``, ``finetune``, ``evaluate``,
+``experiments``, ``seeds``, ``weights`` (model card and ``mocoxr.load_backbone(path)``, which
+loads an exported backbone in one line), ``saliency``, ``calibration``; the report: ``plots``,
+``tables``, ``notebook`` (what the notebooks call) and the package ``book`` (profiles, runner,
+site). CONTRACT.md maps them.
 """
 
 __version__ = "0.1.0"
