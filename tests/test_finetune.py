@@ -8,17 +8,7 @@ from sklearn.metrics import roc_auc_score
 
 from mocoxr import finetune, models
 
-MEAN, STD = 0.5, 0.25
-
-
-
-def tiny_images(n: int, seed: int = 0, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Random uint8 images; label-1 images carry a bright block at the bottom (learnable)."""
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % 2
-    img = rng.integers(0, 160, (n, size, size), dtype=np.uint8)
-    img[y == 1, size // 2:, : size // 2] = 250
-    return img, y
+from tiny_images import MEAN, STD, tiny_images
 
 
 IMAGES, LABELS = tiny_images(24)

@@ -20,19 +20,10 @@ from mocoxr.pretrain import PretrainConfig
 from mocoxr.probe import (extract_features, fit_linear_probe, linear_probe, make_knn_monitor,
                           state_dict_sha1)
 
-MEAN, STD = 0.5, 0.25
+from tiny_images import MEAN, STD, tiny_images
+
 cuda = pytest.mark.skipif(not torch.cuda.is_available(),
                           reason="needs CUDA (run benchmarks/gpu_check.sh on a GPU machine)")
-
-
-
-def tiny_images(n: int, seed: int = 0, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Random uint8 images; label-1 images carry a bright block at the bottom (learnable)."""
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % 2
-    img = rng.integers(0, 160, (n, size, size), dtype=np.uint8)
-    img[y == 1, size // 2:, : size // 2] = 250
-    return img, y
 
 
 def cfg(**kw) -> pretrain.PretrainConfig:
