@@ -17,6 +17,9 @@ restricted to patients of the training rows.
 The key of a query at a step is drawn uniformly among its candidates with a generator seeded
 by ``(seed, step)`` (:meth:`PairSampler.keys`), a pure function of (seed, step, row): a killed
 and resumed run draws the same keys, on any number of processes.
+
+The study comparing the rules (pretrain per rule, probe, paired differences, the recorded
+comparison table) is :mod:`mocoxr.pairs_study`.
 """
 
 from __future__ import annotations
@@ -276,116 +279,3 @@ def table_summary(table: pd.DataFrame) -> dict[str, float]:
             "mean_candidates": float(per_row[~per_row.index.isin(table.loc[own, "row"])].mean())
             if per_row.size > own.sum() else 0.0,
             "n_lateral_keys": int((table["source"] == "lateral").sum())}
-
-
-# ----------------------------------------------------------------------------- the comparison
-
-COMPARISON_COLUMNS = ["backbone", "pairing", "label_fraction", "n_draws", "n_train", "n_test",
-                      "auc", "ci_low", "ci_high", "delta", "delta_low", "delta_high"]
-
-
-def comparison_table(results: pd.DataFrame, deltas: pd.DataFrame, backbone: str,
-                     experiment: str = "linear", baseline: str = "image") -> pd.DataFrame:
-    """One row per (pairing, label fraction): the draw-averaged AUC with its CI (from
-    ``results``) and the paired-bootstrap difference to ``baseline`` (from ``deltas``, whose
-    comparisons are named ``"<pairing> - <baseline>"``; NaN for the baseline itself)."""
-    res = results[(results["experiment"] == experiment) & (results["backbone"] == backbone)]
-    mean = res[res["draw"] == -1]
-    if mean.empty:
-        raise ValueError(f"no draw-averaged {experiment!r} rows for backbone {backbone!r}")
-    n_draws = res[res["draw"] != -1].groupby(["init", "label_fraction"]).size()
-    d = deltas[(deltas["experiment"] == experiment) & (deltas["backbone"] == backbone)]
-    rows = []
-    for r in mean.itertuples(index=False):
-        match = d[(d["comparison"] == f"{r.init} - {baseline}")
-                  & np.isclose(d["label_fraction"], r.label_fraction)]
-        delta = match.iloc[0] if len(match) else None
-        rows.append({"backbone": backbone, "pairing": r.init,
-                     "label_fraction": float(r.label_fraction),
-                     "n_draws": int(n_draws.get((r.init, r.label_fraction), 1)),
-                     "n_train": int(r.n_train), "n_test": int(r.n_test), "auc": r.auc,
-                     "ci_low": r.ci_low, "ci_high": r.ci_high,
-                     "delta": np.nan if delta is None else delta["delta"],
-                     "delta_low": np.nan if delta is None else delta["ci_low"],
-                     "delta_high": np.nan if delta is None else delta["ci_high"]})
-    out = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
-    order = {name: i for i, name in enumerate(dict.fromkeys([baseline, *out["pairing"]]))}
-    out["_order"] = out["pairing"].map(order)
-    out = out.sort_values(["_order", "label_fraction"], kind="stable")
-    return out.drop(columns="_order").reset_index(drop=True)
-
-
-def as_results(table: pd.DataFrame, experiment: str = "linear") -> pd.DataFrame:
-    """A comparison table as draw-averaged results rows (for ``plots.auc_vs_fraction``)."""
-    return table.rename(columns={"pairing": "init"}).assign(experiment=experiment, draw=-1)
-
-
-def write_recorded(table: pd.DataFrame, csv_path: str | Path, meta: dict[str, Any]) -> Path:
-    """Write a comparison table and its sidecar ``<csv>.json`` (``meta``: the command, code
-    version, date... that produced it). Returns the CSV path."""
-    import json
-
-    csv_path = Path(csv_path)
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    store.atomic_write(csv_path, lambda fh: table[COMPARISON_COLUMNS].to_csv(fh, index=False),
-                       mode="w")
-    store.atomic_write_text(csv_path.with_suffix(".json"),
-                            json.dumps(meta, indent=1, default=str) + "\n")
-    return csv_path
-
-
-def read_recorded(csv_path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """A recorded comparison table and its sidecar; clear errors when either is missing or
-    the CSV lacks the expected columns."""
-    import json
-
-    csv_path = Path(csv_path)
-    sidecar = csv_path.with_suffix(".json")
-    for p in (csv_path, sidecar):
-        if not p.is_file():
-            raise FileNotFoundError(f"recorded comparison {p} does not exist: produce it with "
-                                    "`python -m mocoxr.book run --profile pairs`")
-    table = pd.read_csv(csv_path)
-    missing = [c for c in COMPARISON_COLUMNS if c not in table.columns]
-    if missing:
-        raise ValueError(f"{csv_path}: missing columns {missing}; expected {COMPARISON_COLUMNS}")
-    meta = json.loads(sidecar.read_text())
-    if "command" not in meta:
-        raise ValueError(f"{sidecar}: no 'command' entry naming what wrote {csv_path.name}")
-    return table, meta
-
-
-def verdict(table: pd.DataFrame, pairing: str) -> str:
-    """One sentence on a pairing's paired differences to the baseline over label fractions."""
-    d = table[(table["pairing"] == pairing) & table["delta"].notna()]
-    if d.empty:
-        raise ValueError(f"no differences for pairing {pairing!r} in the comparison table")
-    up, down = int((d["delta_low"] > 0).sum()), int((d["delta_high"] < 0).sum())
-    n = len(d)
-    if up == down == 0:
-        where = "both" if n == 2 else f"all {n}" if n > 2 else "the one"
-        return (f"its paired 95% CI includes zero at {where} label fraction{'s' * (n > 1)}: no "
-                "difference from image-level pairs was measurable")
-    parts = [f"above zero at {up} of {n}" if up else "", f"below zero at {down} of {n}" if down else ""]
-    return f"its paired 95% CI lies {' and '.join(p for p in parts if p)} label fractions"
-
-
-def code_version(root: str | Path | None = None) -> dict[str, str]:
-    """The git commit of the project (with ``-dirty`` when files differ from it) and the
-    runner's hash of the package code, for the sidecar of a recorded table."""
-    import subprocess
-
-    from mocoxr.book import paths, runner
-
-    root = Path(root or paths.project_root())
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", "-C", str(root), *args], capture_output=True,
-                                  text=True, timeout=30).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    commit = git("rev-parse", "HEAD") or "unknown (not a git checkout)"
-    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    return {"git_commit": commit + ("-dirty" if dirty else ""), "code_hash": runner.code_hash()}

@@ -53,26 +53,26 @@ seed = 0
 device = "cpu"
 backbone = "resnet18"
 pretrain = {  # mocoxr.pretrain.PretrainConfig fields, as in 02_pretrain (the pairing is set below)
-       "init": "random",
-       "batch_size": 32,
-       "epochs": 100,
-       "max_steps": 500,
-       "lr": 1e-4,
-       "weight_decay": 1e-4,
-       "lr_drops": [0.6, 0.9],
-       "queue_size": 512,
-       "momentum": 0.99,
-       "temperature": 0.2,
-       "dim": 128,
-       "mlp": True,
-       "bn_splits": 4,
-       "augment": {},
-       "monitor_every": 100,  # not used here (no monitor); kept so the recipe matches 02_pretrain's
-       "checkpoint_every_steps": None,
-       "amp": "auto",
-       "channels_last": "auto",
-       "compile": False,
-   }
+    "init": "random",
+    "batch_size": 32,
+    "epochs": 100,
+    "max_steps": 500,
+    "lr": 1e-4,
+    "weight_decay": 1e-4,
+    "lr_drops": [0.6, 0.9],
+    "queue_size": 512,
+    "momentum": 0.99,
+    "temperature": 0.2,
+    "dim": 128,
+    "mlp": True,
+    "bn_splits": 4,
+    "augment": {},
+    "monitor_every": 100,  # not used here (no monitor); kept so the recipe matches 02_pretrain's
+    "checkpoint_every_steps": None,
+    "amp": "auto",
+    "channels_last": "auto",
+    "compile": False,
+}
 pairings = ["image", "same_study+laterals", "same_patient+laterals"]  # first: the baseline; "+laterals": pair_laterals
 linear = {  # mocoxr.experiments.run_linear_experiment options (as in 03_linear_probe)
     "method": "logreg",
@@ -88,31 +88,18 @@ recorded = "book/recorded/positive_pairs.csv"  # (project-relative) recorded com
 record = {"csv": None, "command": None}  # also write the comparison here, with the command that ran it
 
 # %%
-import json
-import time
-from pathlib import Path
-
 import matplotlib.pyplot as plt
-import numpy as np
-import pandas as pd
 from IPython.display import display
 
-from mocoxr import experiments, notebook, pairs, plots, tables
-from mocoxr import pretrain as pretraining  # `pretrain` is the parameters' dict
+from mocoxr import notebook, pairs_study, plots
 
-paths = notebook.run_paths(run_dir)
 notebook.glue("backbone_name", backbone)
 folder = notebook.chexpert_folder(run_dir, data_dir, phantom, seed=seed)
 ds = notebook.load_dataset(run_dir, "chexpert", folder, image_size, chexpert, seed=seed)
 if recorded is not None:
-    table, meta = pairs.read_recorded(notebook.project_root() / recorded)
+    table, meta = pairs_study.read_recorded(notebook.project_root() / recorded)
     pairings = list(dict.fromkeys(table["pairing"]))
-if pairings[0] != "image" or len(pairings) < 3:
-    raise ValueError(
-        f"pairings must start with 'image' (the baseline) and name at least two "
-        f"patient-aware rules, got {pairings}"
-    )
-specs = {name: pairs.parse_pairing(name) for name in pairings}
+specs = pairs_study.pairing_specs(pairings)
 print(specs)
 
 # %% [markdown]
@@ -129,44 +116,13 @@ print(specs)
 # draws the same pairs; the table is saved beside the checkpoint (`pairs.csv`).
 
 # %%
-samplers = {
-    name: pairs.sampler_for_dataset(run_dir, ds, folder, mode, lat, chexpert)
-    for name, (mode, lat) in specs.items()
-}
-stats = pd.DataFrame(
-    {
-        name: pairs.table_summary(s.table)
-        for name, s in samplers.items()
-        if s is not None
-    }
-).T
+samplers = pairs_study.samplers(run_dir, ds, folder, pairings, chexpert)
+stats = pairs_study.summary_table(samplers)
 display(stats.style.format({"share_paired": "{:.1%}", "mean_candidates": "{:.2f}"}))
 
 # %%
 show = pairings[1]  # MedAug's best rule first in the packaged profiles
-s = samplers[show]
-t = s.table
-other = np.sort(
-    t.loc[t["source"].eq("lateral") | t["key_row"].ne(t["row"]), "row"].unique()
-)
-pick = np.sort(
-    np.random.default_rng(seed).choice(
-        other, size=min(4, len(other)), replace=False
-    )
-)
-shown, titles = [], []
-for q, k in zip(pick, s.keys(pick, seed, step=0)):
-    lat = k >= len(ds.images)
-    c = t[
-        (t["row"] == q)
-        & (t["source"] == ("lateral" if lat else "manifest"))
-        & (t["key_row"] == (k - len(ds.images) if lat else k))
-    ].iloc[0]
-    shown += [ds.images[q], s.key_batch(np.array([q]), seed, 0)[0].numpy()]
-    titles += [
-        f"query {c['study']}",
-        f"key {c['key_study'].split('/')[-1]} ({c['key_view']})",
-    ]
+shown, titles = pairs_study.example_pairs(samplers[show], seed)
 if shown:
     fig = plots.image_grid(shown, titles, ncols=4, size=2.0)
     plt.show()
@@ -175,11 +131,8 @@ else:
 
 # %% tags=["hide-input"]
 notebook.glue("pair_example", show)
-for i, name in enumerate(pairings[1:], 1):
-    notebook.glue(f"p{i}_name", name)
-    notebook.glue(f"p{i}_share", 100 * float(stats.loc[name, "share_paired"]))
-    notebook.glue(f"p{i}_cands", float(stats.loc[name, "mean_candidates"]))
-notebook.glue("n_lateral_keys", int(max(stats["n_lateral_keys"].max(), 0)))
+for name, value in pairs_study.rule_values(stats, pairings).items():
+    notebook.glue(name, value)
 
 # %% [markdown]
 # With {glue:text}`p1_name`, {glue:text}`p1_share:.1f`% of the training images get a key from
@@ -196,118 +149,16 @@ notebook.glue("n_lateral_keys", int(max(stats["n_lateral_keys"].max(), 0)))
 # separate results folder.
 
 # %%
-out_dir = paths.root / "positive_pairs"
+recipe = pairs_study.Recipe(backbone, image_size, seed, device, pretrain, linear, n_boot)
 if recorded is None:
-    t0 = time.time()
-    backbones = {}
-    for name, (mode, lat) in specs.items():
-        cfg = pretraining.PretrainConfig(
-            backbone=backbone,
-            image_size=image_size,
-            seed=seed,
-            device=device,
-            **{**pretrain, "positive_pairs": mode, "pair_laterals": lat},
-        )
-        ckpt_dir = notebook.pretrain_dir(
-            run_dir, cfg, ds
-        )  # image pairs: 02_pretrain's folder
-        if (
-            samplers[name] is not None
-        ):  # the pair table is part of the folder's key too
-            ckpt_dir = ckpt_dir.with_name(
-                f"{ckpt_dir.name}_pairs{samplers[name].sha1[:8]}"
-            )
-        result = pretraining.pretrain(
-                  ds.images,
-                  ds.prepared.rows("train"),
-                  cfg,
-                  ckpt_dir,
-                  ds.mean,
-                  ds.std,
-                  pairs=samplers[name],
-              )
-        backbones[name] = str(result["backbone"])
-        how = "loaded" if result["cached"] else "trained"
-        print(f"{name}: {how} {result['step']} steps")
-    res = experiments.run_linear_experiment(
-        ds.prepared,
-        ds.images,
-        backbones,
-        backbone,
-        mean=ds.mean,
-        std=ds.std,
-        image_size=image_size,
-        out_dir=out_dir,
-        experiment="linear",
-        n_boot=n_boot,
-        seed=seed,
-        device=device,
-        **linear,
-    )
-    for name in pairings[1:]:
-        experiments.compute_deltas(
-            out_dir, "linear", backbone, (name, "image"), n_boot=n_boot, seed=seed
-        )
-    table = pairs.comparison_table(
-        pd.read_csv(out_dir / "results.csv"),
-        pd.read_csv(out_dir / "deltas.csv"),
-        backbone,
-    )
-    table = table[table["pairing"].isin(pairings)].reset_index(drop=True)
-    table.to_csv(out_dir / "comparison.csv", index=False)
-    meta = {
-        "command": record["command"] or "notebooks/07_positive_pairs (by hand)",
-        **pairs.code_version(),
-        "finished_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
-        "minutes": round((time.time() - t0) / 60, 1),
-        "seed": seed,
-        "backbone": backbone,
-        "image_size": image_size,
-        "pretrain": pretrain,
-        "linear": linear,
-        "n_boot": n_boot,
-        "data": "embedded phantoms" if data_dir is None else "data_dir",
-        "phantom": phantom,
-        "pairings": {
-            n: pairs.table_summary(s.table) for n, s in samplers.items() if s
-        },
-    }
-    if record["csv"]:
-        print(
-            "recorded:",
-            pairs.write_recorded(table, notebook.project_root() / record["csv"], meta),
-        )
-show_cols = [
-    "pairing",
-    "label_fraction",
-    "n_draws",
-    "auc",
-    "ci_low",
-    "ci_high",
-    "delta",
-    "delta_low",
-    "delta_high",
-]
-display(
-    table[show_cols]
-    .style.format(
-        {c: "{:.3f}" for c in ("auc", "ci_low", "ci_high")}
-        | {c: "{:+.3f}" for c in ("delta", "delta_low", "delta_high")}
-    )
-    .hide(axis="index")
-)
+    table, meta = pairs_study.run_study(run_dir, ds, samplers, recipe, data_dir=data_dir,
+                                        phantom=phantom, record=record)
+display(table[pairs_study.SHOWN_COLUMNS].style.format(
+    {c: "{:.3f}" for c in ("auc", "ci_low", "ci_high")}
+    | {c: "{:+.3f}" for c in ("delta", "delta_low", "delta_high")}).hide(axis="index"))
 
 # %% tags=["hide-input"]
-if recorded is None:
-    notebook.glue("source_note", f"computed by this run (seed {seed})")
-else:
-    notebook.glue(
-        "source_note",
-        f"read from the recorded run `{recorded}`, written by "
-        f"`{meta['command']}` at code version {meta['git_commit'][:12]} "
-        f"({meta.get('finished_utc', '?')} UTC, seed {meta.get('seed', '?')}, "
-        f"{meta.get('minutes', '?')} min); this build did not retrain them",
-    )
+notebook.glue("source_note", pairs_study.source_note(recorded, meta, seed))
 
 # %% [markdown]
 # These numbers are {glue:text}`source_note`. One pretraining seed per rule: the CIs below
@@ -321,49 +172,16 @@ else:
 
 # %%
 fig, axes = plots.panels(2)
-plots.auc_vs_fraction(
-    pairs.as_results(table),
-    "linear",
-    backbone,
-    ax=axes[0],
-    title="Linear probe, by positive-pair rule",
-)
-d = table[table["pairing"] != "image"].rename(
-    columns={
-        "delta_low": "ci_low",
-        "delta_high": "ci_high",
-        "ci_low": "auc_lo",
-        "ci_high": "auc_hi",
-    }
-)
-d = d.assign(experiment=d["pairing"], comparison="minus image")
-plots.delta_plot(
-    d,
-    sorted(pairings),
-    backbone,
-    ax=axes[1],  # sorted: the colours of the left panel
-    title="Rule minus image-level pairs",
-)
+plots.auc_vs_fraction(pairs_study.as_results(table), "linear", backbone, ax=axes[0],
+                      title="Linear probe, by positive-pair rule")
+plots.delta_plot(pairs_study.delta_rows(table), sorted(pairings), backbone, ax=axes[1],
+                 title="Rule minus image-level pairs")  # sorted: the left panel's colours
 plt.show()
 
 # %% tags=["hide-input"]
 # numbers for the conclusion
-fr = sorted(table["label_fraction"].unique())
-notebook.glue("frac_small", tables.pct(fr[0]))
-notebook.glue("frac_large", tables.pct(fr[-1]))
-for i, name in enumerate(pairings[1:], 1):
-    rows = table[table["pairing"] == name].set_index("label_fraction")
-    for tag, f in (("small", fr[0]), ("large", fr[-1])):
-        notebook.glue(f"p{i}_delta_{tag}", float(rows.loc[f, "delta"]))
-        notebook.glue(f"p{i}_delta_{tag}_lo", float(rows.loc[f, "delta_low"]))
-        notebook.glue(f"p{i}_delta_{tag}_hi", float(rows.loc[f, "delta_high"]))
-    notebook.glue(f"p{i}_verdict", pairs.verdict(table, name))
-    notebook.glue(f"p{i}_n_up", int((rows["delta_low"] > 0).sum()))
-    notebook.glue(f"p{i}_n_down", int((rows["delta_high"] < 0).sum()))
-base = table[table["pairing"] == "image"].set_index("label_fraction")
-notebook.glue("auc_image_small", float(base.loc[fr[0], "auc"]))
-notebook.glue("auc_image_large", float(base.loc[fr[-1], "auc"]))
-notebook.glue("n_fractions", int(len(fr)))
+for name, value in pairs_study.conclusion_values(table, pairings).items():
+    notebook.glue(name, value)
 
 # %% [markdown]
 # ## Conclusion

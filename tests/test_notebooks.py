@@ -217,7 +217,7 @@ def test_stability_page_reads_the_pooled_seeds(tiny):
 def test_positive_pairs_notebook_pretrains_each_rule_and_glues_the_comparison(tiny):
     import torch
 
-    from mocoxr import pairs
+    from mocoxr import pairs, pairs_study
 
     run_dir, _, index, _ = tiny
     g = glued(run_dir, "07_positive_pairs")
@@ -231,7 +231,7 @@ def test_positive_pairs_notebook_pretrains_each_rule_and_glues_the_comparison(ti
         assert g[f"p{i}_delta_small"] == pytest.approx(row["delta"])
         assert g[f"p{i}_delta_small_lo"] == pytest.approx(row["delta_low"])
         assert g[f"p{i}_delta_small_lo"] <= g[f"p{i}_delta_small"] + 1e-9 <= g[f"p{i}_delta_small_hi"] + 2e-9
-        assert g[f"p{i}_verdict"] == pairs.verdict(table, name)
+        assert g[f"p{i}_verdict"] == pairs_study.verdict(table, name)
         assert 0 < g[f"p{i}_share"] <= 100
     assert g["n_lateral_keys"] > 0
     image = table[(table["pairing"] == "image") & np.isclose(table["label_fraction"], 1.0)]

@@ -231,43 +231,6 @@ def test_sampler_for_a_phantom_dataset_adds_training_laterals_only(tmp_path):
     assert summary["n_rows"] == len(train_rows) and 0 < summary["share_paired"] <= 1
 
 
-# ----------------------------------------------------------------------------- the comparison
-
-
-def comparison_inputs():
-    res = []
-    for init, base in (("image", 0.6), ("same_study", 0.65)):
-        for f in (0.1, 1.0):
-            for d in (0, 1, -1):
-                res.append({"experiment": "linear", "backbone": "resnet18", "init": init,
-                            "label_fraction": f, "draw": d, "auc": base + f / 10 + 0.01 * d,
-                            "ci_low": 0.5, "ci_high": 0.9, "n_train": 10, "n_test": 50})
-    deltas = pd.DataFrame([{"experiment": "linear", "backbone": "resnet18", "label_fraction": f,
-                            "comparison": "same_study - image", "delta": 0.05, "ci_low": -0.01,
-                            "ci_high": 0.1} for f in (0.1, 1.0)])
-    return pd.DataFrame(res), deltas
-
-
-def test_comparison_table_and_recorded_round_trip(tmp_path):
-    res, deltas = comparison_inputs()
-    t = pairs.comparison_table(res, deltas, "resnet18")
-    assert list(t.columns) == pairs.COMPARISON_COLUMNS
-    assert list(t["pairing"]) == ["image", "image", "same_study", "same_study"]
-    assert t["n_draws"].tolist() == [2, 2, 2, 2]
-    assert t["auc"].tolist() == pytest.approx([0.6 + 0.01 - 0.01, 0.7 - 0.01, 0.65, 0.74])
-    assert t.loc[t["pairing"] == "image", "delta"].isna().all()
-    assert t.loc[t["pairing"] == "same_study", "delta"].tolist() == [0.05, 0.05]
-    path = pairs.write_recorded(t, tmp_path / "rec" / "pp.csv", {"command": "make it"})
-    back, meta = pairs.read_recorded(path)
-    assert meta["command"] == "make it"
-    pd.testing.assert_frame_equal(back, t, check_dtype=False)
-    r = pairs.as_results(back)
-    assert set(r["init"]) == {"image", "same_study"} and (r["draw"] == -1).all()
-    (tmp_path / "rec" / "pp.json").unlink()
-    with pytest.raises(FileNotFoundError, match="profile pairs"):
-        pairs.read_recorded(path)
-
-
 # ----------------------------------------------------------------------------- profiles
 
 
@@ -282,14 +245,6 @@ def test_pairs_profile_reuses_the_quick_settings():
     assert "--profile pairs" in own["record"]["command"]
     quick_07 = load_profile("quick").run("07_positive_pairs")
     assert quick_07.parameters["recorded"] == own["record"]["csv"] and quick_07.deps == ["01_data"]
-
-
-def test_recorded_comparison_is_committed_with_its_command():
-    table, meta = pairs.read_recorded(paths.project_root() / "book/recorded/positive_pairs.csv")
-    assert "--profile pairs" in meta["command"] and meta["git_commit"] and meta["code_hash"]
-    assert set(table["pairing"]) >= {"image"} and len(set(table["pairing"])) == 3
-    other = table[table["pairing"] != "image"]
-    assert other["delta"].notna().all() and (other["delta_low"] <= other["delta_high"]).all()
 
 
 def test_command_line_pretraining_takes_positive_pairs_from_the_manifest(tmp_path):
