@@ -163,8 +163,8 @@ loss0 = pretraining.pretrain_step(net.train(), optimizer, cfg, step=0, lr=cfg.lr
                                   x=batch.to(dev), xk=batch.to(dev),
                                   mean=ds.mean, std=ds.std)
 changed = not torch.equal(first_weight, net.encoder_q.conv1.weight)
-print(f"loss {float(loss0):.3f} (chance ln(K+1) = {np.log(cfg.queue_size + 1):.3f}); "
-      f"queue pointer {int(net.queue_ptr)} (= batch {cfg.batch_size}); "
+print(f"loss {float(loss0):.3f} (chance ln(K+1) = {np.log(cfg.queue_size + 1):.3f})")
+print(f"queue pointer {int(net.queue_ptr)} (= batch {cfg.batch_size}); "
       f"query encoder changed: {changed}")
 del net, optimizer
 
@@ -200,8 +200,8 @@ minutes = (time.time() - t0) / 60
 exported = notebook.record_pretrained(run_dir, backbone, out)
 log = result["log"]
 what = "loaded finished run" if result["cached"] else "trained"
-print(f"{what}: {result['step']} steps in {minutes:.1f} min "
-      f"-> {exported.relative_to(paths.root)}")
+print(f"{what}: {result['step']} steps in {minutes:.1f} min")
+print(f"backbone: {exported.relative_to(paths.root)}")
 
 # %%
 fig = plots.pretraining_curves(log)
