@@ -24,7 +24,7 @@ def _device_defaults() -> dict[str, object]:
             where = f"{module.__name__}.{name}"
             if dataclasses.is_dataclass(obj):
                 for f in dataclasses.fields(obj):
-                    if f.name == "device":
+                    if f.name == "device" and f.default is not dataclasses.MISSING:
                         found[where] = f.default
             elif inspect.isfunction(obj) or inspect.isclass(obj):
                 try:
