@@ -86,10 +86,14 @@ def calibration_table(models: dict[str, tuple], n_bins: int = 10) -> pd.DataFram
 def plot_reliability(curves: dict[str, tuple[np.ndarray, np.ndarray]], n_bins: int = 10,
                      title: str = ""):
     """Reliability diagram: positive rate against mean score per bin, one line per
-    ``{label: (y, p)}`` (marker area ~ bin count), with the diagonal of perfect calibration."""
+    ``{label: (y, p)}`` (marker area ~ bin count), with the diagonal of perfect calibration.
+    Drawn in the book's theme, at most ``plots.PAGE_WIDTH`` wide."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    from mocoxr import plots
+
+    plots.use_book_theme()
+    fig, ax = plt.subplots(figsize=(min(4.6, plots.PAGE_WIDTH), 4.2))
     ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="perfectly calibrated")
     for i, (label, (y, p)) in enumerate(curves.items()):
         r = reliability(y, p, n_bins)

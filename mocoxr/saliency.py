@@ -106,13 +106,18 @@ def localisation_table(cams: dict[str, np.ndarray], masks: np.ndarray) -> pd.Dat
 def plot_cams(images: np.ndarray, cams: dict[str, np.ndarray], masks: np.ndarray | None = None,
               titles: list[str] | None = None):
     """One row per image: the image (region outlined when ``masks``), then each init's map
-    over it. ``images`` (N, H, W) in [0, 1] or uint8; ``cams`` ``{init: (N, H, W)}``."""
+    over it. ``images`` (N, H, W) in [0, 1] or uint8; ``cams`` ``{init: (N, H, W)}``. Drawn
+    in the book's theme, at most ``plots.PAGE_WIDTH`` wide."""
     import matplotlib.pyplot as plt
+
+    from mocoxr import plots
 
     n, k = len(images), len(cams)
     if n == 0:
         raise ValueError("plot_cams: no images to show")
-    fig, axes = plt.subplots(n, k + 1, figsize=(1.9 * (k + 1), 1.9 * n), squeeze=False)
+    plots.use_book_theme()
+    cell = min(1.9, plots.PAGE_WIDTH / (k + 1))  # inches per panel
+    fig, axes = plt.subplots(n, k + 1, figsize=(cell * (k + 1), cell * n), squeeze=False)
     for i in range(n):
         ax = axes[i, 0]
         ax.imshow(images[i], cmap="gray")

@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.colors import to_hex  # noqa: E402
 
-from mocoxr import plots, tables  # noqa: E402
+from mocoxr import calibration, plots, saliency, tables  # noqa: E402
 from test_tables import fake_results  # noqa: E402
 
 
@@ -218,6 +218,8 @@ def _every_figure():
         "loss": lambda: plots.pretraining_curves(pd.DataFrame({"step": [0, 1], "loss": [2, 1],
                                                                "knn_auc": [0.5, 0.6]})),
         "counts": lambda: plots.count_bars(pd.DataFrame({"p": list("abcdefgh"), "n": 1}), "p", ["n"]),
+        "reliability": lambda: calibration.plot_reliability({"moco": (y, y / 2)}),
+        "grad-cam": lambda: saliency.plot_cams(imgs[:2], {str(k): imgs[:2] / 255 for k in range(5)}),
     }
 
 
