@@ -230,17 +230,17 @@ def run_finetune_experiment(prepared: Any, images: np.ndarray, backbones: Mappin
     if not len(val_rows):
         raise ValueError(f"{prepared.name} has no val split: fine-tuning selects epochs on it")
     y_val, y_test = prepared.labels(val_rows), prepared.labels(test_rows)
-    sweep = plan(prepared, fractions, max_draws)
     state_dir, pred_dir = out_dir / "finetune", out_dir / "predictions"
     state_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
-    data_key = {"images": keys.array_digest(images), "mean": float(mean), "std": float(std),
-                "val": keys.labels_digest(val_rows, y_val), "test": keys.labels_digest(test_rows, y_test),
-                "code": keys.code_digest(keys.TRAINING_CODE)}
+    data_key = {"data": {"images": keys.array_digest(images), "mean": float(mean),
+                         "std": float(std), "val": keys.labels_digest(val_rows, y_val),
+                         "test": keys.labels_digest(test_rows, y_test),
+                         "code": keys.code_digest(keys.TRAINING_CODE)}}
     for init_name, spec in backbones.items():
         spec_key = (keys.file_sha1(spec) if str(spec) not in ("random", "imagenet")
                     else f"{spec}:{backbone_name}:{seed}")
-        for f, draws in sweep:
+        for f, draws in plan(prepared, fractions, max_draws):
             scores, n_train = [], []
             for d in draws:
                 tr = prepared.subset_rows(f, d)
@@ -251,26 +251,15 @@ def run_finetune_experiment(prepared: Any, images: np.ndarray, backbones: Mappin
                                               head_warmup_epochs=head_warmup_epochs,
                                               encoder_lr_scale=encoder_lr_scale)
                 key = {"init": spec_key, "backbone": backbone_name,
-                       "config": checkpoint.config_dict(cfg),
-                       "train_rows": [int(r) for r in tr], "val_rows_n": int(len(val_rows)),
-                       "test_rows_n": int(len(test_rows)),
-                       "train_labels": keys.labels_digest(prepared.labels(tr)), "data": data_key}
-                name = f"{experiment}__{backbone_name}__{_tag(init_name)}__f{f:g}__d{d}"
-                key_file = state_dir / f"{name}.json"
-                keep_f = keep_models is True or (not isinstance(keep_models, bool) and any(
-                    np.isclose(f, k) for k in keep_models))
-                keep = state_dir / f"{name}__model.pt" if keep_f and d == draws[0] else None
-                s = None
-                if not overwrite and key_file.exists() and json.loads(key_file.read_text()) == key \
-                        and (keep is None or keep.is_file()):
-                    try:
-                        r, _, s = evaluate.load_predictions(pred_dir, experiment, backbone_name,
-                                                            init_name, f, d)
-                        s = s if np.array_equal(r, test_rows) else None
-                    except FileNotFoundError:
-                        s = None
+                       "config": checkpoint.config_dict(cfg), **_rows_key(prepared, tr), **data_key}
+                name = _finetuned_name(experiment, backbone_name, init_name, f, d)
+                keep = (state_dir / f"{name}__model.pt"
+                        if d == draws[0] and _keeps(keep_models, f) else None)
+                s = None if overwrite else _reusable_scores(
+                    state_dir / f"{name}.json", key, keep, pred_dir, test_rows,
+                    (experiment, backbone_name, init_name, f, d))
                 if s is None:
-                    key_file.unlink(missing_ok=True)
+                    (state_dir / f"{name}.json").unlink(missing_ok=True)
                     s, hist = finetune.finetune(backbone_name, spec, images, tr,
                                                 prepared.labels(tr), val_rows, y_val, test_rows,
                                                 mean, std, cfg, progress=progress,
@@ -278,7 +267,7 @@ def run_finetune_experiment(prepared: Any, images: np.ndarray, backbones: Mappin
                     hist.to_csv(state_dir / f"{name}__history.csv", index=False)
                     evaluate.save_predictions(pred_dir, experiment, backbone_name, init_name, f,
                                               d, test_rows, y_test, s)
-                    store.atomic_write_text(key_file, json.dumps(key))
+                    store.atomic_write_text(state_dir / f"{name}.json", json.dumps(key))
                 scores.append(np.asarray(s, dtype=np.float64))
                 n_train.append(len(tr))
             rows += _score_rows(experiment, backbone_name, init_name, f, draws, scores,
@@ -286,11 +275,47 @@ def run_finetune_experiment(prepared: Any, images: np.ndarray, backbones: Mappin
     return _write_results(out_dir, rows)
 
 
+def _rows_key(prepared: Any, train_rows: np.ndarray) -> dict[str, Any]:
+    """The part of a fine-tuning key that names its rows: the training rows and labels, and the
+    sizes of the val and test splits."""
+    return {"train_rows": [int(r) for r in train_rows],
+            "val_rows_n": int(len(prepared.rows("val"))),
+            "test_rows_n": int(len(prepared.rows("test"))),
+            "train_labels": keys.labels_digest(prepared.labels(train_rows))}
+
+
+def _finetuned_name(experiment: str, backbone_name: str, init_name: str, fraction: float,
+                    draw: int) -> str:
+    """The file stem of one fine-tuned (init, fraction, draw) under ``out_dir/finetune``."""
+    return f"{experiment}__{backbone_name}__{_tag(init_name)}__f{float(fraction):g}__d{int(draw)}"
+
+
+def _keeps(keep_models: bool | Sequence[float], fraction: float) -> bool:
+    """Whether ``keep_models`` asks to keep the first draw's model at ``fraction``."""
+    if isinstance(keep_models, bool):
+        return keep_models
+    return any(np.isclose(fraction, k) for k in keep_models)
+
+
+def _reusable_scores(key_file: Path, key: dict, keep: Path | None, pred_dir: Path,
+                     test_rows: np.ndarray, cell: tuple) -> np.ndarray | None:
+    """The saved test scores of ``cell`` (experiment, backbone, init, fraction, draw) when its
+    key file matches ``key``, the model to keep (if any) exists and the scores cover
+    ``test_rows``; else None (retrain)."""
+    if not store.sidecar_matches(key_file, key, [keep] if keep is not None else []):
+        return None
+    try:
+        rows, _, scores = evaluate.load_predictions(pred_dir, *cell)
+    except FileNotFoundError:
+        return None
+    return scores if np.array_equal(rows, test_rows) else None
+
+
 def load_finetuned(out_dir: str | Path, experiment: str, backbone_name: str, init_name: str,
                    fraction: float, draw: int = 0):
     """A model kept by ``run_finetune_experiment(..., keep_models=True)``: the torchvision
     ``backbone_name`` with its one-logit head, in eval mode."""
-    name = f"{experiment}__{backbone_name}__{_tag(init_name)}__f{float(fraction):g}__d{int(draw)}"
+    name = _finetuned_name(experiment, backbone_name, init_name, fraction, draw)
     path = Path(out_dir) / "finetune" / f"{name}__model.pt"
     if not path.is_file():
         raise FileNotFoundError(f"no kept fine-tuned model {path}: run run_finetune_experiment "
