@@ -23,7 +23,7 @@ from mocoxr import store
 
 RESULTS_COLUMNS = [
     "experiment", "backbone", "init", "label_fraction", "draw",
-    "auc", "ci_low", "ci_high", "n_train", "n_test",
+    "auc", "ci_low", "ci_high", "n_train", "n_test", "n_steps",
 ]
 DELTAS_COLUMNS = [
     "experiment", "backbone", "label_fraction", "comparison", "delta", "ci_low", "ci_high",

@@ -23,6 +23,7 @@ Deltas are named ``"<a> - <b>"`` (e.g. ``"moco - random"``): AUC of init a minus
 from __future__ import annotations
 
 import json
+from itertools import groupby
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -100,19 +101,22 @@ def dataset_features(prepared: Any, images: np.ndarray, backbone_name: str, init
 def _score_rows(experiment: str, backbone: str, init: str, fraction: float,
                 draws: list[int], scores: list[np.ndarray], n_train: list[int],
                 y_test: np.ndarray, n_boot: int, seed: int,
-                progress: bool = False) -> list[dict]:
+                progress: bool = False, n_steps: list[int] | None = None) -> list[dict]:
     """One results row per draw plus the draw-averaged row (draw = evaluate.MEAN_DRAW); with
-    ``progress`` the mean AUC is printed."""
+    ``progress`` the mean AUC is printed. ``n_steps``: optimizer steps per draw (fine-tuning);
+    the draw-averaged row gets the fewest."""
     base = {"experiment": experiment, "backbone": backbone, "init": init,
             "label_fraction": float(fraction), "n_test": int(len(y_test))}
     out = []
-    for d, s, n in zip(draws, scores, n_train):
+    steps = [None] * len(draws) if n_steps is None else [int(k) for k in n_steps]
+    for d, s, n, k in zip(draws, scores, n_train, steps):
         auc, lo, hi = evaluate.bootstrap_auc(y_test, s, n_boot=n_boot, seed=seed)
         out.append({**base, "draw": int(d), "auc": auc, "ci_low": lo, "ci_high": hi,
-                    "n_train": int(n)})
+                    "n_train": int(n), "n_steps": k})
     auc, lo, hi = evaluate.bootstrap_auc(y_test, np.stack(scores), n_boot=n_boot, seed=seed)
     out.append({**base, "draw": evaluate.MEAN_DRAW, "auc": auc, "ci_low": lo, "ci_high": hi,
-                "n_train": int(round(float(np.mean(n_train))))})
+                "n_train": int(round(float(np.mean(n_train)))),
+                "n_steps": None if n_steps is None else min(steps)})
     if progress:
         print(f"{experiment} {backbone} {init} f={fraction:g}: mean AUC {auc:.3f} "
               f"over {len(draws)} draw(s)")
@@ -209,16 +213,18 @@ def run_finetune_experiment(prepared: Any, images: np.ndarray, backbones: Mappin
                             batch_size: int = 16, lr: float = 1e-4,
                             augment: Mapping[str, Any] | None = None,
                             head_warmup_epochs: int = 0, encoder_lr_scale: float = 1.0,
+                            min_steps: int = 100, n_evals: int = 5,
                             overwrite: bool = False, progress: bool = True,
                             keep_models: bool | Sequence[float] = False) -> pd.DataFrame:
     """End-to-end fine-tuning (``finetune.finetune``) for every (init, label fraction, draw),
     with at most ``max_draws`` draws per fraction and ``max_epochs`` epochs (CPU budgets), Adam
-    at ``lr`` (the paper: 1e-4); ``head_warmup_epochs`` and ``encoder_lr_scale`` as in
-    ``finetune.FinetuneConfig``.
+    at ``lr`` (the paper: 1e-4); ``head_warmup_epochs``, ``encoder_lr_scale``, ``min_steps``
+    (fewest optimizer steps, :func:`finetune.finetune_schedule`) and ``n_evals`` (validation
+    points) as in ``finetune.FinetuneConfig``. The results rows carry each draw's ``n_steps``.
 
     A model whose predictions exist and whose key (weights hash of the init, fine-tuning
-    config, train rows) matches ``out_dir/finetune/<name>.json`` is not retrained unless
-    ``overwrite``; the validation-AUC history of each model is saved next to its key as CSV.
+    config, train rows, precision) matches ``out_dir/finetune/<name>.json`` is not retrained
+    unless ``overwrite``; the validation history of each model is saved next to its key as CSV.
     ``keep_models``: the first draw's model of every (init, fraction) (True) or of the given
     fractions is also kept, as ``<name>__model.pt`` beside its key (see :func:`load_finetuned`);
     a missing one is retrained.
@@ -232,47 +238,65 @@ def run_finetune_experiment(prepared: Any, images: np.ndarray, backbones: Mappin
     y_val, y_test = prepared.labels(val_rows), prepared.labels(test_rows)
     state_dir, pred_dir = out_dir / "finetune", out_dir / "predictions"
     state_dir.mkdir(parents=True, exist_ok=True)
-    rows: list[dict] = []
+    options = dict(image_size=image_size, batch_size=batch_size, lr=lr, max_epochs=max_epochs,
+                   device=device, augment=dict(augment or {}),
+                   head_warmup_epochs=head_warmup_epochs, encoder_lr_scale=encoder_lr_scale,
+                   min_steps=min_steps, n_evals=n_evals)
     data_key = {"data": {"images": keys.array_digest(images), "mean": float(mean),
                          "std": float(std), "val": keys.labels_digest(val_rows, y_val),
                          "test": keys.labels_digest(test_rows, y_test),
                          "code": keys.code_digest(keys.TRAINING_CODE)}}
+    cells = []  # (init, fraction, draw, job, key, name); job: finetune.finetune's arguments
     for init_name, spec in backbones.items():
         spec_key = (keys.file_sha1(spec) if str(spec) not in ("random", "imagenet")
                     else f"{spec}:{backbone_name}:{seed}")
         for f, draws in plan(prepared, fractions, max_draws):
-            scores, n_train = [], []
             for d in draws:
                 tr = prepared.subset_rows(f, d)
-                cfg = finetune.FinetuneConfig(image_size=image_size, batch_size=batch_size,
-                                              lr=lr, max_epochs=max_epochs, label_fraction=f,
-                                              seed=seed + d, device=device,
-                                              augment=dict(augment or {}),
-                                              head_warmup_epochs=head_warmup_epochs,
-                                              encoder_lr_scale=encoder_lr_scale)
+                cfg = finetune.FinetuneConfig(label_fraction=f, seed=seed + d, **options)
                 key = {"init": spec_key, "backbone": backbone_name,
-                       "config": checkpoint.config_dict(cfg), **_rows_key(prepared, tr), **data_key}
+                       "config": checkpoint.config_dict(cfg), **_rows_key(prepared, tr), **data_key,
+                       "precision": runtime.precision(cfg.amp, cfg.device)}
                 name = _finetuned_name(experiment, backbone_name, init_name, f, d)
                 keep = (state_dir / f"{name}__model.pt"
                         if d == draws[0] and _keeps(keep_models, f) else None)
-                s = None if overwrite else _reusable_scores(
-                    state_dir / f"{name}.json", key, keep, pred_dir, test_rows,
-                    (experiment, backbone_name, init_name, f, d))
-                if s is None:
-                    (state_dir / f"{name}.json").unlink(missing_ok=True)
-                    s, hist = finetune.finetune(backbone_name, spec, images, tr,
-                                                prepared.labels(tr), val_rows, y_val, test_rows,
-                                                mean, std, cfg, progress=progress,
-                                                save_model=keep)
-                    hist.to_csv(state_dir / f"{name}__history.csv", index=False)
-                    evaluate.save_predictions(pred_dir, experiment, backbone_name, init_name, f,
-                                              d, test_rows, y_test, s)
-                    store.atomic_write_text(state_dir / f"{name}.json", json.dumps(key))
-                scores.append(np.asarray(s, dtype=np.float64))
-                n_train.append(len(tr))
-            rows += _score_rows(experiment, backbone_name, init_name, f, draws, scores,
-                                n_train, y_test, n_boot, seed, progress)
+                job = dict(backbone=backbone_name, init=spec, train_rows=tr,
+                           train_y=prepared.labels(tr), val_rows=val_rows, val_y=y_val,
+                           test_rows=test_rows, mean=mean, std=std, cfg=cfg, save_model=keep)
+                cells.append((init_name, f, d, job, key, name))
+    scores = _finetune_cells(cells, images, state_dir, pred_dir, experiment, y_test, overwrite,
+                             progress)
+    rows: list[dict] = []
+    for (init_name, f), group in groupby(cells, key=lambda c: (c[0], c[1])):
+        group = list(group)
+        steps = [int(pd.read_csv(state_dir / f"{c[5]}__history.csv")["step"].max()) for c in group]
+        rows += _score_rows(experiment, backbone_name, init_name, f, [c[2] for c in group],
+                            [scores[c[5]] for c in group], [len(c[3]["train_rows"]) for c in group],
+                            y_test, n_boot, seed, progress, steps)
     return _write_results(out_dir, rows)
+
+
+def _finetune_cells(cells: list, images: np.ndarray, state_dir: Path, pred_dir: Path,
+                    experiment: str, y_test: np.ndarray, overwrite: bool,
+                    progress: bool) -> dict[str, np.ndarray]:
+    """Test scores of every cell by name: reused where its key, history (and kept model) and
+    predictions match, else trained; each trained model's history, predictions and key are
+    written as soon as it finishes (an interrupted sweep keeps the models that finished)."""
+    scores = {}
+    for init_name, f, d, job, key, name in cells:
+        history = state_dir / f"{name}__history.csv"
+        cell = (experiment, job["backbone"], init_name, f, d)
+        s = None if overwrite else _reusable_scores(
+            state_dir / f"{name}.json", key, [p for p in (job["save_model"], history) if p],
+            pred_dir, job["test_rows"], cell)
+        if s is None:
+            (state_dir / f"{name}.json").unlink(missing_ok=True)
+            s, hist = finetune.finetune(images=images, progress=progress, **job)
+            store.atomic_write(history, lambda fh, h=hist: h.to_csv(fh, index=False), mode="w")
+            evaluate.save_predictions(pred_dir, *cell, job["test_rows"], y_test, s)
+            store.atomic_write_text(state_dir / f"{name}.json", json.dumps(key))
+        scores[name] = np.asarray(s, dtype=np.float64)
+    return scores
 
 
 def _rows_key(prepared: Any, train_rows: np.ndarray) -> dict[str, Any]:
@@ -297,18 +321,28 @@ def _keeps(keep_models: bool | Sequence[float], fraction: float) -> bool:
     return any(np.isclose(fraction, k) for k in keep_models)
 
 
-def _reusable_scores(key_file: Path, key: dict, keep: Path | None, pred_dir: Path,
+def _reusable_scores(key_file: Path, key: dict, needed: list[Path], pred_dir: Path,
                      test_rows: np.ndarray, cell: tuple) -> np.ndarray | None:
     """The saved test scores of ``cell`` (experiment, backbone, init, fraction, draw) when its
-    key file matches ``key``, the model to keep (if any) exists and the scores cover
-    ``test_rows``; else None (retrain)."""
-    if not store.sidecar_matches(key_file, key, [keep] if keep is not None else []):
+    key file matches ``key``, the ``needed`` files (history, model to keep) exist and the
+    scores cover ``test_rows``; else None (retrain)."""
+    if not store.sidecar_matches(key_file, key, needed):
         return None
     try:
         rows, _, scores = evaluate.load_predictions(pred_dir, *cell)
     except FileNotFoundError:
         return None
     return scores if np.array_equal(rows, test_rows) else None
+
+
+def load_history(out_dir: str | Path, experiment: str, backbone_name: str, init_name: str,
+                 fraction: float, draw: int = 0) -> pd.DataFrame:
+    """The validation history ``run_finetune_experiment`` saved for one (init, fraction, draw)."""
+    name = _finetuned_name(experiment, backbone_name, init_name, fraction, draw)
+    path = Path(out_dir) / "finetune" / f"{name}__history.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"no fine-tuning history {path}: run run_finetune_experiment")
+    return pd.read_csv(path)
 
 
 def load_finetuned(out_dir: str | Path, experiment: str, backbone_name: str, init_name: str,

@@ -4,14 +4,18 @@ AUC kept.
 
 - ``FinetuneConfig``: the settings (paper sec. 3: Adam lr 1e-4, batch 16, epochs by
   ``probe.probe_epochs``).
+- ``finetune_schedule``: the paper's image passes (epochs x labelled images) as optimizer steps,
+  never fewer than ``min_steps`` (small label fractions get smaller batches, not fewer steps).
 - ``replace_head``: a torchvision model's classifier swapped for a seeded ``Linear(D, 1)``.
 - ``finetune_step``: one step (augment, forward, BCE loss, backward, Adam), seeded by
   (seed, epoch, batch).
-- ``finetune``: the loop; ``predict``: sigmoid scores of a one-logit model on cache rows.
+- ``finetune``: the loop (validation at ``n_evals`` evenly spaced steps, the best kept);
+  ``predict``: sigmoid scores of a one-logit model on cache rows.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +34,8 @@ from mocoxr.probe import probe_epochs
 @dataclass
 class FinetuneConfig:
     """End-to-end fine-tuning settings (paper sec. 3: Adam lr 1e-4, batch 16, epochs by
-    :func:`probe.probe_epochs`, capped here by ``max_epochs``; model selected by validation AUC)."""
+    :func:`probe.probe_epochs`, capped here by ``max_epochs``; model selected by validation AUC).
+    The epochs are counted in image passes (:func:`finetune_schedule`)."""
 
     image_size: int = 320
     batch_size: int = 16
@@ -47,6 +52,9 @@ class FinetuneConfig:
     head_warmup_epochs: int = 0       # ours: the first N epochs train the new head alone, the
                                       # encoder frozen in eval mode (LP-FT, Kumar et al. 2022)
     encoder_lr_scale: float = 1.0     # ours: encoder lr = lr x this; the head keeps lr
+    min_steps: int = 100              # ours: fewest optimizer steps, whatever the label fraction
+    min_batch: int = 4                # ours: smallest batch the schedule may choose
+    n_evals: int = 5                  # ours: validation points, evenly spaced over the steps
 
 
 def replace_head(model: nn.Module, seed: int) -> nn.Module:
@@ -60,9 +68,13 @@ def replace_head(model: nn.Module, seed: int) -> nn.Module:
 
 @torch.no_grad()
 def predict(model: nn.Module, images: np.ndarray, rows: np.ndarray, mean: float, std: float,
-            image_size: int, batch_size: int = 64, use_amp: bool = False) -> np.ndarray:
-    """Sigmoid scores of a one-logit model on cache rows (eval mode, no augmentation)."""
+            image_size: int, batch_size: int = 64, use_amp: bool | None = None) -> np.ndarray:
+    """Sigmoid scores of a one-logit model on cache rows (eval mode, no augmentation), in bf16
+    autocast when ``use_amp`` (None: where ``amp="auto"`` would, so a kept model scores
+    exactly as it did when it was fine-tuned)."""
     device = next(model.parameters()).device
+    if use_amp is None:
+        use_amp = runtime.use_amp("auto", device)
     model.eval()
     out = []
     nhwc = runtime.is_channels_last(model)  # inputs in the model's own memory format
@@ -128,6 +140,42 @@ def finetune_epochs(cfg: FinetuneConfig) -> int:
     return epochs
 
 
+def finetune_schedule(cfg: FinetuneConfig, n_train: int) -> tuple[int, int]:
+    """``(batch size, optimizer steps)`` for ``n_train`` labelled images.
+
+    The paper trains ``finetune_epochs(cfg)`` epochs; we keep its number of image passes,
+    ``epochs x n_train``, and spread it over at least ``cfg.min_steps`` steps: the batch is
+    ``cfg.batch_size``, made smaller (not below ``cfg.min_batch``) when the passes would
+    otherwise fill fewer steps. With 2 labelled images and 500 epochs that is 100 steps of 10
+    (each image augmented five times per batch) rather than 500 steps of 2.
+    """
+    if n_train < 1 or cfg.min_steps < 0 or cfg.min_batch < 2 or cfg.n_evals < 1:
+        raise ValueError(f"need n_train >= 1, min_steps >= 0, min_batch >= 2 and n_evals >= 1, "
+                         f"got {n_train}, {cfg.min_steps}, {cfg.min_batch}, {cfg.n_evals}")
+    passes = finetune_epochs(cfg) * int(n_train)
+    batch = cfg.batch_size
+    if cfg.min_steps and passes < cfg.min_steps * batch:
+        batch = max(cfg.min_batch, min(batch, passes // cfg.min_steps))
+    return batch, max(cfg.min_steps, math.ceil(passes / batch))
+
+
+def batch_positions(n_train: int, batch: int, steps: int, seed: int) -> np.ndarray:
+    """``(steps, batch)`` positions into the training rows: seeded epoch orders
+    (``pretrain.epoch_order``) laid end to end, so every image is seen once per pass and a
+    batch larger than the set holds some images twice (each copy augmented on its own)."""
+    need, orders, epoch = steps * batch, [], 0
+    while epoch * n_train < need:
+        orders.append(epoch_order(n_train, seed, epoch))
+        epoch += 1
+    return np.concatenate(orders)[:need].reshape(steps, batch)
+
+
+def eval_steps(steps: int, n_evals: int) -> list[int]:
+    """The steps (1-based) after which validation runs: ``n_evals`` evenly spaced, the last one
+    always included."""
+    return sorted({max(1, round(steps * (i + 1) / n_evals)) for i in range(n_evals)})
+
+
 def _set_trainable(model: nn.Module, head: nn.Module, warmup: bool) -> None:
     """Everything trains; during the head warm-up only the head (BatchNorm statistics frozen)."""
     model.train(not warmup)
@@ -138,19 +186,15 @@ def _set_trainable(model: nn.Module, head: nn.Module, warmup: bool) -> None:
         p.requires_grad_(True)
 
 
-def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: FinetuneConfig,
-                 epoch: int, images: np.ndarray, rows: np.ndarray, y: torch.Tensor, mean: float,
-                 std: float, device: torch.device) -> float:
-    """One seeded pass over ``rows``; returns the mean training loss."""
-    order = epoch_order(len(rows), cfg.seed, epoch)
-    batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
-    if len(batches) > 1 and len(batches[-1]) == 1:
-        batches.pop()  # a batch of one breaks batch norm; the order changes every epoch
+def _train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: FinetuneConfig,
+                 positions: np.ndarray, first: int, images: np.ndarray, rows: np.ndarray,
+                 y: torch.Tensor, mean: float, std: float, device: torch.device) -> float:
+    """Steps ``first, first + 1, ...`` on the batches ``positions`` (rows of positions into
+    ``rows``), each seeded by (seed, step); returns the mean training loss."""
     losses = []
-    for b, pos in enumerate(batches):
-        pos = np.sort(pos)
+    for i, pos in enumerate(positions):
         x = torch.from_numpy(np.ascontiguousarray(images[rows[pos]])).to(device)
-        losses.append(finetune_step(model, optimizer, cfg, epoch, b, x, y[pos].to(device),
+        losses.append(finetune_step(model, optimizer, cfg, 0, first + i, x, y[pos].to(device),
                                     mean, std))
     return float(torch.stack(losses).mean())
 
@@ -163,11 +207,12 @@ def finetune(backbone: str, init: str, images: np.ndarray, train_rows: np.ndarra
     """End-to-end fine-tuning of a torchvision backbone with a one-logit head.
 
     ``init``: ``random``, ``imagenet`` or a checkpoint / exported state dict path
-    (``models.create_backbone``). Adam (``cfg.lr``), :func:`finetune_epochs` epochs,
-    augmented training batches (seeded by (seed, epoch, batch)), validation AUC after every
-    epoch; the best epoch's weights score the test rows (and are written to ``save_model`` when
-    given: the torchvision state dict with a 1-output head). Returns ``(test scores, history
-    DataFrame[epoch, train_loss, val_auc, best])``.
+    (``models.create_backbone``). Adam (``cfg.lr``) for the steps of :func:`finetune_schedule`
+    on augmented batches (seeded by (seed, step)), validation AUC at :func:`eval_steps`; the
+    best point's weights score the test rows (and are written to ``save_model`` when given: the
+    torchvision state dict with a 1-output head). Returns ``(test scores, history
+    DataFrame[step, epoch, batch_size, train_loss, val_auc, best])``; ``epoch`` counts image
+    passes over the training rows.
     """
     train_rows, train_y = _check_labels(images, train_rows, train_y, "train")
     val_rows, val_y = _check_labels(images, val_rows, val_y, "val")
@@ -175,7 +220,9 @@ def finetune(backbone: str, init: str, images: np.ndarray, train_rows: np.ndarra
     runtime.check_norm(mean, std)
     if cfg.batch_size < 2:
         raise ValueError(f"batch_size must be >= 2 (batch norm), got {cfg.batch_size}")
-    epochs = finetune_epochs(cfg)
+    batch, steps = finetune_schedule(cfg, len(train_rows))
+    positions = batch_positions(len(train_rows), batch, steps, cfg.seed)
+    warm = math.ceil(cfg.head_warmup_epochs * len(train_rows) / batch)
     device = runtime.resolve_device(cfg.device)
     use_amp = runtime.use_amp(cfg.amp, device)
     nhwc = runtime.use_channels_last(cfg.channels_last, device)
@@ -186,22 +233,29 @@ def finetune(backbone: str, init: str, images: np.ndarray, train_rows: np.ndarra
     optimizer = finetune_optimizer(model, cfg, device)
     y_all = torch.as_tensor(train_y, dtype=torch.float32)
     head = getattr(model, models.head_name(model))
-    history, best = [], (-1.0, None, 0)
-    for epoch in tqdm(range(epochs), disable=not progress, desc=f"fine-tune {backbone}/{init}"):
-        _set_trainable(model, head, epoch < cfg.head_warmup_epochs)
-        loss = _train_epoch(model, optimizer, cfg, epoch, images, train_rows, y_all, mean, std,
-                            device)
+    history, best, done = [], (-1.0, None, 0), 0
+    for end in tqdm(eval_steps(steps, cfg.n_evals), disable=not progress,
+                    desc=f"fine-tune {backbone}/{init}"):
+        losses = []
+        for phase_end in sorted({min(max(warm, done), end), end}):  # warm-up, then everything
+            if phase_end > done:
+                _set_trainable(model, head, done < warm)
+                losses.append(_train_steps(model, optimizer, cfg, positions[done:phase_end], done,
+                                           images, train_rows, y_all, mean, std, device))
+                done = phase_end
         val_auc = float(roc_auc_score(val_y, predict(model, images, val_rows, mean, std,
                                                      cfg.image_size, cfg.eval_batch_size, use_amp)))
-        history.append({"epoch": epoch + 1, "train_loss": loss, "val_auc": val_auc})
+        history.append({"step": end, "epoch": end * batch / len(train_rows),
+                        "batch_size": batch, "train_loss": float(np.mean(losses)),
+                        "val_auc": val_auc})
         if val_auc > best[0]:
             best = (val_auc, {k: v.detach().to("cpu", copy=True)
-                              for k, v in model.state_dict().items()}, epoch + 1)
+                              for k, v in model.state_dict().items()}, end)
     model.load_state_dict(best[1])
     if save_model is not None:
         models._atomic_save(best[1], save_model)
     scores = predict(model, images, test_rows, mean, std, cfg.image_size, cfg.eval_batch_size,
                      use_amp)
     hist = pd.DataFrame(history)
-    hist["best"] = hist["epoch"] == best[2]
+    hist["best"] = hist["step"] == best[2]
     return scores, hist

@@ -146,11 +146,13 @@ def uncertain_policy_counts(
 
 def pretrain_dir(run_dir: str | Path, cfg: Any, ds: Dataset) -> Path:
     """``<run_dir>/checkpoints/moco_<backbone>_<hash>``: one folder per pretraining recipe and
-    dataset (speed-only settings excluded), so a changed profile never resumes a checkpoint it
+    dataset (speed-only settings excluded, the arithmetic precision included), so a changed profile never resumes a checkpoint it
     did not write, and going back to an earlier recipe finds its finished run."""
-    from mocoxr import checkpoint
+    from mocoxr import checkpoint, runtime
 
     conf = {k: v for k, v in checkpoint.config_dict(cfg).items() if k not in SPEED_FIELDS}
+    if runtime.precision(cfg.amp, cfg.device) != "fp32":  # fp32 runs keep their folder names
+        conf["precision"] = runtime.precision(cfg.amp, cfg.device)
     key = keys.sha(json.dumps([conf, ds.fingerprint, keys.code_digest(keys.TRAINING_CODE)],
                               sort_keys=True).encode())[:10]
     return run_paths(run_dir).checkpoints / f"moco_{cfg.backbone}_{key}"

@@ -225,6 +225,26 @@ def pretraining_curves(log: pd.DataFrame, monitor: str | Sequence[str] = ("knn_a
     return fig
 
 
+def finetune_curves(histories: Mapping[str, pd.DataFrame], title: str = "") -> plt.Figure:
+    """Fine-tuning histories (``finetune.finetune``'s: step, train_loss, val_auc, best) by
+    init: training loss and validation AUC against the optimizer step, the kept point ringed."""
+    fig, (ax, ax2) = panels(2, height=3.2)
+    for i, (init, h) in enumerate(histories.items()):
+        c = colour(init, i)
+        ax.plot(h["step"], h["train_loss"], marker="o", color=c, label=init)
+        ax2.plot(h["step"], h["val_auc"], marker="o", color=c, label=init)
+        kept = h[h["best"].astype(bool)]
+        ax2.scatter(kept["step"], kept["val_auc"], s=160, facecolors="none", edgecolors=c)
+    ax.set(xlabel="optimizer step", ylabel="training loss (BCE)", title="Training loss")
+    ax2.axhline(0.5, color="0.6", lw=0.8, ls=":")
+    ax2.set(xlabel="optimizer step", ylabel="validation AUC", title="Validation AUC (ringed: kept)")
+    _legend_below(ax, "init", ncol=2)
+    _legend_below(ax2, "init", ncol=2)
+    if title:
+        fig.suptitle(title, fontweight="bold")
+    return fig
+
+
 # ----------------------------------------------------------------------------- results
 
 

@@ -1,7 +1,8 @@
 """What every training and scoring loop shares: where it runs and how its batches arrive.
 
 - ``resolve_device``: the one device default (``"auto"`` = cuda when available, else cpu).
-- ``use_amp`` / ``use_channels_last``: the ``amp`` and ``channels_last`` settings of the configs.
+- ``use_amp`` / ``precision`` / ``use_channels_last``: the ``amp`` and ``channels_last`` settings
+  of the configs (``amp="auto"``: bf16 where the device has bf16 matrix units, CUDA or AMX).
 - ``adam``: Adam with the fused single-kernel update on CPU and CUDA.
 - ``check_images`` / ``check_norm``: the uint8 image cache, its row indices and mean/std.
 - ``load_batch`` / ``ordered_batches`` / ``model_inputs``: uint8 batches read from the cache
@@ -31,11 +32,31 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
+def has_bf16_units(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bf16 matrices in hardware: CUDA, or a CPU with AMX tiles
+    (Intel Sapphire Rapids and later; oneDNN then runs convolutions on AMX). CPUs without
+    them (AVX2, or AVX-512 alone) would emulate bf16, slower than fp32."""
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(check and check())
+
+
 def use_amp(setting: str, device: torch.device) -> bool:
-    """``auto``: bf16 autocast on CUDA only; ``bf16``: always; ``off``: never."""
+    """``auto``: bf16 autocast where the device has bf16 matrix units (:func:`has_bf16_units`:
+    CUDA, AMX CPUs), fp32 elsewhere; ``bf16``: always; ``off``: never."""
     if setting not in ("auto", "bf16", "off"):
         raise ValueError(f"amp must be 'auto', 'bf16' or 'off', got {setting!r}")
-    return setting == "bf16" or (setting == "auto" and device.type == "cuda")
+    return setting == "bf16" or (setting == "auto" and has_bf16_units(device))
+
+
+def precision(setting: str, device: str | torch.device) -> str:
+    """The arithmetic an ``amp`` setting resolves to on ``device``: ``"bf16"`` or ``"fp32"``.
+    It goes into every cache key of a trained model, so a run folder moved between machines
+    with and without bf16 units never reuses a model trained in the other precision."""
+    return "bf16" if use_amp(setting, resolve_device(device)) else "fp32"
 
 
 def use_channels_last(setting: str, device: torch.device) -> bool:

@@ -100,7 +100,8 @@ LINEAR = {"method": choice("logreg", "adam"), "fractions": list_of(FRACTION, non
 FINETUNE = {"fractions": list_of(FRACTION, none=True), "max_draws": integer(1, none=True),
             "max_epochs": integer(1, none=True), "batch_size": integer(1),
             "lr": number(0, lo_open=True), "overwrite": boolean(),
-            "head_warmup_epochs": integer(0), "encoder_lr_scale": number(0, lo_open=True)}
+            "head_warmup_epochs": integer(0), "encoder_lr_scale": number(0, lo_open=True),
+            "min_steps": integer(0), "n_evals": integer(1)}
 
 PARAMETERS: dict[str, Checker | dict[str, Checker]] = {
     "seed": integer(0),

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from mocoxr import evaluate, store
+from mocoxr import evaluate, store, tables
 from mocoxr.evaluate import MEAN_DRAW
 
 __all__ = ["POOLED_COLUMNS", "seed_dir", "pooled_interval", "pool_deltas", "pool_results",
@@ -97,12 +97,20 @@ def pool_deltas(per_seed: pd.DataFrame, shared_test_set: bool | dict[str, bool],
 
 def pool_results(per_seed_results: pd.DataFrame) -> pd.DataFrame:
     """Mean, SD, min and max over seeds of the draw-averaged AUC of every (experiment, backbone,
-    init, label fraction); ``per_seed_results`` is results.csv rows with a ``seed`` column."""
+    init, label fraction), with the draws per seed, the mean labelled images and (fine-tuning)
+    the fewest optimizer steps of any draw; ``per_seed_results`` is results.csv rows with a
+    ``seed`` column."""
+    cell = ["experiment", "backbone", "init", "label_fraction"]
+    per_draw = per_seed_results[per_seed_results["draw"] != MEAN_DRAW]
+    draws = per_draw.groupby(cell + ["seed"])["draw"].nunique().groupby(cell).min()
     rows = per_seed_results[per_seed_results["draw"] == MEAN_DRAW]
-    g = rows.groupby(["experiment", "backbone", "init", "label_fraction"], as_index=False)
+    if "n_steps" not in rows:
+        rows = rows.assign(n_steps=np.nan)
+    g = rows.groupby(cell, as_index=False)
     out = g.agg(auc=("auc", "mean"), auc_sd=("auc", "std"), auc_min=("auc", "min"),
-                auc_max=("auc", "max"), n_seeds=("seed", "nunique"))
-    return out
+                auc_max=("auc", "max"), n_seeds=("seed", "nunique"), n_train=("n_train", "mean"),
+                n_steps=("n_steps", "min"))
+    return out.assign(n_draws=[int(draws.get(tuple(k), 0)) for k in out[cell].itertuples(index=False)])
 
 
 def verdict(ci_low: float, ci_high: float) -> str:
@@ -144,7 +152,7 @@ def read_pooled(folder: str | Path) -> dict[str, Any]:
     for name in ("deltas.csv", "per_seed.csv", "results.csv"):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder / name} does not exist: run a seeds batch "
-                                    "(python -m mocoxr.book run --seeds 0 1 2) first")
+                                    "(python -m mocoxr.book run --seeds 0 1 2 3 4) first")
     source = folder / "source.json"
     return {"deltas": pd.read_csv(folder / "deltas.csv"),
             "per_seed": pd.read_csv(folder / "per_seed.csv"),
@@ -152,14 +160,20 @@ def read_pooled(folder: str | Path) -> dict[str, Any]:
             "source": json.loads(source.read_text()) if source.is_file() else {}}
 
 
-def pooled_table(deltas: pd.DataFrame, titles: dict[str, str] | None = None) -> pd.DataFrame:
+def pooled_table(deltas: pd.DataFrame, titles: dict[str, str] | None = None,
+                 paper: pd.DataFrame | None = None) -> pd.DataFrame:
     """The pooled deltas for reading: experiment, labels, difference [95% CI], seed_sd,
-    n_seeds and the CI's verdict; experiments in the order of ``titles``, then by fraction."""
+    n_seeds, the paper's difference (``paper``: ``tables.paper_results()``; blank where it has
+    none), the minimum detectable effect at 80% power and the cell's verdict
+    (``tables.cell_verdict``); experiments in the order of ``titles``, then by fraction."""
     titles = titles or {}
     rank = {e: i for i, e in enumerate(titles)}
     deltas = deltas.assign(_rank=deltas["experiment"].map(lambda e: rank.get(e, len(rank))))
     deltas = deltas.sort_values(["_rank", "experiment", "label_fraction"])
     fmt = lambda v: f"{v:+.3f}"  # noqa: E731
+    effects = [tables.paper_effect(paper, e, b, f) if paper is not None else float("nan")
+               for e, b, f in zip(deltas["experiment"], deltas["backbone"],
+                                  deltas["label_fraction"])]
     return pd.DataFrame({
         "experiment": deltas["experiment"].map(lambda e: titles.get(e, e)),
         "labels": deltas["label_fraction"].map(lambda f: f"{100 * float(f):g}%"),
@@ -167,7 +181,11 @@ def pooled_table(deltas: pd.DataFrame, titles: dict[str, str] | None = None) -> 
                        zip(deltas["delta"], deltas["ci_low"], deltas["ci_high"])],
         "seed_sd": deltas["seed_sd"].map("{:.3f}".format),
         "n_seeds": deltas["n_seeds"],
-        "verdict": [verdict(lo, hi) for lo, hi in zip(deltas["ci_low"], deltas["ci_high"])],
+        "paper": [fmt(e) if np.isfinite(e) else "" for e in effects],
+        "MDE (80%)": [f"{tables.min_detectable_effect(lo, hi, n):.3f}" for lo, hi, n in
+                      zip(deltas["ci_low"], deltas["ci_high"], deltas["n_seeds"])],
+        "verdict": [tables.cell_verdict(lo, hi, e) for lo, hi, e in
+                    zip(deltas["ci_low"], deltas["ci_high"], effects)],
     })
 
 
@@ -198,7 +216,7 @@ def find_pooled(run_dir: str | Path, recorded: str | Path) -> tuple[Path, str]:
     if (Path(recorded) / "deltas.csv").is_file():
         return Path(recorded), "recorded"
     raise FileNotFoundError(f"no pooled seeds in {fresh} and no recorded copy in {recorded}: run "
-                            "python -m mocoxr.book run --profile quick --seeds 0 1 2")
+                            "python -m mocoxr.book run --profile quick --seeds 0 1 2 3 4")
 
 
 def _git_commit() -> str:

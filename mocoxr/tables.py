@@ -4,7 +4,9 @@ from ``results.csv`` / ``deltas.csv`` and the paper's published AUCs; no figures
 
 **Verdicts.** :func:`findings` checks the paper's three qualitative claims on our paired deltas.
 A claim holds only when the 95% CIs say so (:func:`_above`): a point estimate alone decides
-nothing, and intervals that touch or overlap never count.
+nothing, and intervals that touch or overlap never count. :func:`cell_verdict` gives each
+(experiment, label fraction) cell one word against the paper's effect there, and
+:func:`min_detectable_effect` the effect the design could have seen.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from scipy import stats
+
 from mocoxr.evaluate import MEAN_DRAW
 
 PAPER_RESULTS = Path(__file__).resolve().parent / "resources" / "paper_results.csv"
@@ -24,6 +28,55 @@ EXPERIMENT_TITLES = {
     "shenzhen_linear": "Shenzhen: linear probe",
     "shenzhen_finetune": "Shenzhen: fine-tuning",
 }
+
+
+REPRODUCED, SMALLER, INCONCLUSIVE = "reproduced", "smaller than the paper's", "inconclusive"
+CONSISTENT, LARGER = "consistent with no gain", "larger than the paper's"
+NO_GAIN = 0.005  # a paper effect at most this (read off its figures, +-0.003) is "no gain"
+CHEXPERT_FRONTAL_TRAIN = 191_027  # frontal images in CheXpert-v1.0 train.csv: the paper's pool
+
+
+def paper_count(fraction: float, pool: int = CHEXPERT_FRONTAL_TRAIN) -> int:
+    """About how many labelled images the paper's ``fraction`` of CheXpert held."""
+    return int(round(float(fraction) * pool))
+
+
+def cell_verdict(ci_low: float, ci_high: float, paper_effect: float | None = None) -> str:
+    """One cell's verdict from the 95% CI of MoCo minus baseline and the paper's effect.
+
+    Where the paper found a gain (or gave none to compare, e.g. Shenzhen): ``reproduced`` when
+    the CI lies above zero, ``smaller than the paper's`` when it lies below the paper's effect,
+    else ``inconclusive``. Where the paper found no gain (effect <= ``NO_GAIN``, e.g.
+    fine-tuning with all labels): ``larger``/``smaller than the paper's`` when the CI lies
+    above/below it, else ``consistent with no gain``.
+    """
+    if not (np.isfinite(ci_low) and np.isfinite(ci_high)):
+        return INCONCLUSIVE
+    known = paper_effect is not None and np.isfinite(paper_effect)
+    if known and paper_effect <= NO_GAIN:
+        return LARGER if ci_low > paper_effect else SMALLER if ci_high < paper_effect else CONSISTENT
+    if ci_low > 0:
+        return REPRODUCED
+    if known and ci_high < paper_effect:
+        return SMALLER
+    return INCONCLUSIVE
+
+
+def min_detectable_effect(ci_low: float, ci_high: float, n_seeds: int = 1, power: float = 0.8,
+                          alpha: float = 0.05) -> float:
+    """The smallest true difference a two-sided test at ``alpha`` detects with ``power``, given
+    a CI of this width: ``(t_{1-alpha/2} + t_{power}) x SE``, ``SE`` read off the CI (Student's
+    t with ``n_seeds - 1`` degrees of freedom, the normal for one seed)."""
+    q = (lambda p: stats.t.ppf(p, n_seeds - 1)) if n_seeds > 1 else stats.norm.ppf
+    se = (ci_high - ci_low) / (2 * q(1 - alpha / 2))
+    return float((q(1 - alpha / 2) + q(power)) * se)
+
+
+def paper_effect(paper: pd.DataFrame, experiment: str, backbone: str, fraction: float) -> float:
+    """The paper's MoCo minus ImageNet difference at one cell, NaN where it has none."""
+    d = paper_deltas(paper, experiment, backbone)
+    hit = d[np.isclose(d["label_fraction"], fraction)]
+    return float(hit["delta"].iloc[0]) if len(hit) else float("nan")
 
 
 def pct(fraction: float) -> str:
@@ -83,20 +136,23 @@ def results_table(results: pd.DataFrame, deltas: pd.DataFrame, experiments: Sequ
                 "backbone": bb,
                 "label_fraction": float(f),
                 "labels": pct(f),
+                "n_labelled": int((m if m is not None else b)["n_train"]),
                 "MoCo": fmt_ci(m["auc"], m["ci_low"], m["ci_high"]) if m is not None else "",
                 baseline: fmt_ci(b["auc"], b["ci_low"], b["ci_high"]) if b is not None else "",
                 "difference": fmt_ci(d["delta"].iloc[0], d["ci_low"].iloc[0], d["ci_high"].iloc[0],
                                      signed=True) if len(d) else "",
             })
-    return pd.DataFrame(rows, columns=["experiment", "backbone", "label_fraction", "labels", "MoCo",
-                                       baseline, "difference"])
+    return pd.DataFrame(rows, columns=["experiment", "backbone", "label_fraction", "labels",
+                                       "n_labelled", "MoCo", baseline, "difference"])
 
 
 def comparison_table(results: pd.DataFrame, deltas: pd.DataFrame, paper: pd.DataFrame,
                      experiments: Sequence[str] = ("linear", "finetune"),
                      baseline: str = "random") -> pd.DataFrame:
     """:func:`results_table` beside the paper's values, one row per (experiment, backbone,
-    label fraction) that we ran. The paper's baseline is ImageNet initialisation."""
+    label fraction) that we ran, with our number of labelled images beside the paper's (about
+    ``paper_count``) and the cell's :func:`cell_verdict`. The paper's baseline is ImageNet
+    initialisation."""
     ours = results_table(results, deltas, experiments, baseline)
     out = []
     for _, r in ours.iterrows():
@@ -109,12 +165,17 @@ def comparison_table(results: pd.DataFrame, deltas: pd.DataFrame, paper: pd.Data
                            if len(q) else "")
             cells[init + "_v"] = float(q["auc"].iloc[0]) if len(q) else np.nan
         diff = cells["moco_v"] - cells["imagenet_v"]
+        d = deltas[(deltas["experiment"] == r["experiment"]) & (deltas["backbone"] == r["backbone"])
+                   & np.isclose(deltas["label_fraction"], r["label_fraction"])]
+        verdict = cell_verdict(d["ci_low"].iloc[0], d["ci_high"].iloc[0], diff) if len(d) else ""
         out.append({
             "experiment": r["experiment"], "backbone": r["backbone"], "labels": r["labels"],
+            "labelled images": f"{r['n_labelled']:,} (paper ≈{paper_count(r['label_fraction']):,})",
             "ours: MoCo": r["MoCo"], f"ours: {baseline}": r[baseline],
             "ours: difference": r["difference"],
             "paper: MoCo": cells["moco"], "paper: ImageNet": cells["imagenet"],
             "paper: difference": f"{diff:+.3f}" if np.isfinite(diff) else "",
+            "verdict": verdict,
         })
     return pd.DataFrame(out)
 

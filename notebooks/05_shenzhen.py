@@ -33,12 +33,14 @@ transfer_linear = {"method": "logreg", "fractions": None, "max_draws": None, "ba
                    "standardize_on": "train_split"}
 transfer_finetune = {
     "fractions": None,
-    "max_draws": 1,
-    "max_epochs": 5,  # the paper's rule gives 5 epochs at 100%; the ~430 images are cheap
-    "batch_size": 16,
+    "max_draws": None,  # every draw, as the linear probe
+    "max_epochs": None,  # the paper's epoch rule
+    "batch_size": 32,  # made smaller at small fractions so the passes fill min_steps
     "lr": 1e-3,
     "head_warmup_epochs": 0,
     "encoder_lr_scale": 1.0,
+    "min_steps": 100,
+    "n_evals": 5,
     "augment": {},
     "overwrite": False,
 }

@@ -38,7 +38,7 @@
 # %% tags=["parameters"]
 run_dir = "../runs/interactive"  # run folder shared by all notebooks (the runner sets it)
 data_dir = None  # folder holding CheXpert-v1.0-small/; None: the embedded data
-phantom = {"n_patients": 600, "n_valid_patients": 300, "image_size": 128, "workers": 0}  # mocoxr.phantom.generate_chexpert_tree options
+phantom = {"n_patients": 600, "n_valid_patients": 600, "image_size": 128, "workers": 0}  # mocoxr.phantom.generate_chexpert_tree options
 chexpert = {  # mocoxr.data.prepare_chexpert options (as in 01_data)
     "target": "Pleural Effusion",
     "uncertain_policy": "ones",

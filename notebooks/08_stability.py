@@ -19,14 +19,24 @@
 # pools the paired differences (MoCo minus baseline) over the seeds:
 #
 # ```bash
-# python -m mocoxr.book run --profile quick --seeds 0 1 2
+# python -m mocoxr.book run --profile quick --seeds 0 1 2 3 4
 # ```
 #
-# The pooled difference is the mean over seeds. Its 95% CI adds the seed-to-seed spread to the
-# test-set sampling (each seed's bootstrap standard error), and uses Student's t with one
-# degree of freedom fewer than the number of seeds: with three seeds the interval is 4.3
-# standard errors wide on each side, so it excludes zero only when the seeds agree. The
-# [methods page](../methods.md) gives the formula.
+# On the embedded data each seed is a whole new replicate of the study: new phantom patients,
+# new label draws, new test images, new pretraining and fine-tuning runs. The pooled
+# difference is the mean over seeds. Its 95% CI adds the seed-to-seed spread to the test-set
+# sampling (each seed's bootstrap standard error), and uses Student's t with one degree of
+# freedom fewer than the number of seeds: with five seeds the interval is 2.78 standard errors
+# wide on each side (4.30 with three). The [methods page](../methods.md) gives the formula and
+# says why the seeds do not share one test set.
+#
+# Each cell then gets one verdict against the paper's effect there: **reproduced** when the
+# CI lies above zero, **smaller than the paper's** when it lies below the paper's effect,
+# **inconclusive** when neither (where the paper found no gain, as with all labels
+# fine-tuned: **consistent with no gain** when the CI holds zero). Beside it stands the
+# minimum detectable effect (MDE): the smallest true difference this design would find with
+# 80% power. An inconclusive cell whose MDE exceeds the paper's effect could not have
+# decided.
 
 # %% tags=["parameters"]
 run_dir = "../runs/interactive"  # run folder shared by all notebooks (the runner sets it)
@@ -74,11 +84,18 @@ plt.show()
 # ## The pooled table
 
 # %%
-table = seeds.pooled_table(deltas, tables.EXPERIMENT_TITLES)
+table = seeds.pooled_table(deltas, tables.EXPERIMENT_TITLES, tables.paper_results())
 display(HTML(table.to_html(index=False, border=0)))
 
 # %% tags=["hide-input"]
 # numbers for the text below
+decided = ~table["verdict"].isin([tables.INCONCLUSIVE])
+notebook.glue("n_cells", int(len(table)))
+notebook.glue("n_decided", int(decided.sum()))
+notebook.glue("n_reproduced", int((table["verdict"] == tables.REPRODUCED).sum()))
+notebook.glue("undecided_cells", ", ".join(
+    f"{e.lower()} at {l}" for e, l in zip(table.loc[~decided, "experiment"],
+                                          table.loc[~decided, "labels"])) or "none")
 lin = deltas[deltas["experiment"] == "linear"].sort_values("label_fraction")
 small = lin[lin["label_fraction"] < 1.0]
 notebook.glue("n_lin_small_above", int((small["ci_low"] > 0).sum()))
@@ -92,8 +109,8 @@ for tag, exp, f in shown:
     notebook.glue(f"{tag}_frac", tables.pct(f))
     notebook.glue(tag, "not run" if r is None else
                   tables.fmt_ci(r["delta"], r["ci_low"], r["ci_high"], signed=True))
-    notebook.glue(f"{tag}_verdict",
-                  "not run" if r is None else seeds.verdict(r["ci_low"], r["ci_high"]))
+    notebook.glue(f"{tag}_verdict", "not run" if r is None else tables.cell_verdict(
+        r["ci_low"], r["ci_high"], tables.paper_effect(tables.paper_results(), exp, backbone, f)))
 for init, tag in (("moco", "moco"), (baseline, "base")):
     notebook.glue(f"sz_ft_{tag}",
                   seeds.auc_range(results, "shenzhen_finetune", backbone, init, 1.0))
@@ -101,6 +118,9 @@ notebook.glue("baseline", baseline)
 
 # %% [markdown]
 # ## What holds across seeds
+#
+# {glue:text}`n_decided` of the {glue:text}`n_cells` cells are decided
+# ({glue:text}`n_reproduced` reproduced); undecided: {glue:text}`undecided_cells`.
 #
 # - **Linear probe.** The pooled CI of MoCo minus {glue:text}`baseline` lies above zero at
 #   {glue:text}`n_lin_small_above` of the {glue:text}`n_lin_small` label fractions below 100%
@@ -117,7 +137,8 @@ notebook.glue("baseline", baseline)
 # ## Summary
 #
 # - A single run's CI is about its test images; this page's CIs are about training runs too.
-#   Where a difference's verdict above reads "includes zero", the runs do not establish it,
-#   whatever a single run's CI said.
+#   Where a verdict above reads "inconclusive", the runs establish neither the paper's effect
+#   nor a smaller one, whatever a single run's CI said; its MDE says how large an effect the
+#   batch could have seen.
 # - Pooling more seeds narrows the interval: add seeds to the command above (each reuses the
 #   folders already computed), then rebuild the site.

@@ -122,3 +122,20 @@ def test_recorded_ablations_name_their_commands_and_no_machine_paths():
         assert cmd.startswith("python benchmarks/effect_study.py --tag ")
         assert not any(w.startswith(("/", "~")) for w in cmd.split()), cmd
     assert {"linear 0.1%", "linear 1%", "linear 10%", "linear 100%", "fine-tune 100%"} <= set(table)
+
+
+def test_bench_precision_smoke(tmp_path, capsys):
+    """bf16 against fp32, side by side: every printed speed-up is fp32 time over bf16 time."""
+    bench = _load("bench_precision")
+    rows = bench.main(["--size", "32", "--threads", "1", "--reps", "1", "--steps", "1",
+                       "--pretrain-batch", "8", "--finetune-batches", "4", "--predict-batch", "4",
+                       "--record", str(tmp_path / "p.csv")])
+    assert [r["workload"] for r in rows] == ["pretrain_step batch 8", "finetune_step batch 4",
+                                             "predict 4 images"]
+    for r in rows:
+        assert r["speedup"] == pytest.approx(r["fp32_ms"] / r["bf16_ms"])
+    import pandas as pd
+    rec = pd.read_csv(tmp_path / "p.csv")
+    assert list(rec.columns) == bench.COLUMNS and len(rec) == 3
+    assert "--record" not in rec["command"].iloc[0]
+    assert "| 1 | finetune_step batch 4 |" in capsys.readouterr().out

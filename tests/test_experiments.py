@@ -102,7 +102,7 @@ def test_finetune_experiment_caps_draws_and_reuses_predictions(setup, monkeypatc
     tmp, prep, images, backbones = setup
     out = tmp / "ft"
     kw = dict(mean=MEAN, std=STD, image_size=32, out_dir=out, experiment="shenzhen_finetune",
-              fractions=[0.5], max_draws=1, max_epochs=1, n_boot=50, batch_size=8, device="cpu",
+              fractions=[0.5], max_draws=1, max_epochs=1, n_boot=50, batch_size=8, device="cpu", min_steps=2,
               progress=False)
     res = experiments.run_finetune_experiment(prep, images, backbones, "resnet18", lr=3e-4, **kw)
     assert list(res.columns) == evaluate.RESULTS_COLUMNS
@@ -110,7 +110,9 @@ def test_finetune_experiment_caps_draws_and_reuses_predictions(setup, monkeypatc
     assert key["config"]["lr"] == 3e-4  # the learning rate reaches FinetuneConfig and the cache key
     assert sorted(res["draw"]) == [-1, -1, 0, 0] and set(res["experiment"]) == {"shenzhen_finetune"}
     hist = pd.read_csv(out / "finetune" / "shenzhen_finetune__resnet18__moco__f0.5__d0__history.csv")
-    assert list(hist["epoch"]) == [1]
+    assert hist["epoch"].iloc[-1] == 1 and len(hist) == 2  # 1 epoch, validated at n_evals=5 -> 2 steps
+    steps = res.set_index("draw")["n_steps"]
+    assert steps.loc[0].tolist() == [hist["step"].max()] * 2 and (steps >= 2).all()
     monkeypatch.setattr(finetune, "finetune", lambda *a, **k: pytest.fail("retrained"))
     again = experiments.run_finetune_experiment(prep, images, backbones, "resnet18", lr=3e-4, **kw)
     pd.testing.assert_frame_equal(again, res)
@@ -142,7 +144,7 @@ def test_finetune_key_holds_labels_data_and_code(setup, monkeypatch):
     tmp, prep, images, backbones = setup
     out = tmp / "ft_keys"
     kw = dict(mean=MEAN, std=STD, image_size=32, out_dir=out, fractions=[1.0], max_draws=1,
-              max_epochs=1, n_boot=20, batch_size=8, device="cpu", progress=False)
+              max_epochs=1, n_boot=20, batch_size=8, device="cpu", progress=False, min_steps=2)
     calls = []
     real = finetune.finetune
     monkeypatch.setattr(finetune, "finetune", lambda *a, **k: calls.append(1) or real(*a, **k))

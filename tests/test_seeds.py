@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from mocoxr import evaluate, seeds
+from mocoxr import evaluate, seeds, tables
 from mocoxr.book import __main__ as cli
 from mocoxr.book import paths, runner
 from mocoxr.book.profile import load_profile
@@ -43,7 +43,7 @@ def test_verdict_and_where_the_pooled_tables_come_from(tmp_path):
     assert [seeds.verdict(*ci) for ci in ((0.01, 0.2), (-0.2, -0.01), (-0.01, 0.2))] == [
         "above zero", "below zero", "includes zero"]
     recorded = tmp_path / "recorded"
-    with pytest.raises(FileNotFoundError, match="--seeds 0 1 2"):
+    with pytest.raises(FileNotFoundError, match="--seeds 0 1 2 3 4"):
         seeds.find_pooled(tmp_path / "run", recorded)
     _write_deltas(recorded, 0)
     assert seeds.find_pooled(tmp_path / "run", recorded) == (recorded, "recorded")
@@ -148,10 +148,13 @@ def test_pooled_table_rows_and_auc_range():
     pooled = pd.DataFrame([dict(experiment="linear", backbone="resnet18", label_fraction=0.01,
                                 comparison="moco - random", delta=0.05, ci_low=0.01, ci_high=0.09,
                                 n_seeds=3, seed_sd=0.02)])
-    t = seeds.pooled_table(pooled, {"linear": "Linear probe"})
+    t = seeds.pooled_table(pooled, {"linear": "Linear probe"}, tables.paper_results())
+    mde = tables.min_detectable_effect(0.01, 0.09, 3)
     assert t.iloc[0].to_dict() == {"experiment": "Linear probe", "labels": "1%",
                                    "difference": "+0.050 [+0.010, +0.090]", "seed_sd": "0.020",
-                                   "n_seeds": 3, "verdict": "above zero"}
+                                   "n_seeds": 3, "paper": "+0.072", "MDE (80%)": f"{mde:.3f}",
+                                   "verdict": "reproduced"}
+    assert seeds.pooled_table(pooled)["paper"].iloc[0] == ""  # no paper given
     assert seeds.pooled_row(pooled, "linear", 0.01)["delta"] == 0.05
     two = pd.concat([pooled.assign(experiment="finetune"), pooled.assign(label_fraction=0.001),
                      pooled])
@@ -162,6 +165,31 @@ def test_pooled_table_rows_and_auc_range():
                              auc=0.8, auc_min=0.75, auc_max=0.86)])
     assert seeds.auc_range(res, "x", "b", "moco", 1.0) == "0.800 (seeds 0.750 to 0.860)"
     assert seeds.auc_range(res, "x", "b", "random", 1.0) == "not run"
+
+
+def test_pool_results_counts_draws_steps_and_labelled_images():
+    rows = []
+    for seed in (0, 1):
+        for d, steps in ((0, 120), (1, 100), (-1, 100)):
+            rows.append(dict(experiment="finetune", backbone="b", init="moco", label_fraction=0.01,
+                             draw=d, auc=0.7 + 0.1 * seed, n_train=12, n_steps=steps, seed=seed))
+    out = seeds.pool_results(pd.DataFrame(rows)).iloc[0]
+    assert out["n_draws"] == 2 and out["n_steps"] == 100 and out["n_train"] == 12
+    assert out["auc"] == pytest.approx(0.75) and out["n_seeds"] == 2
+
+
+def test_the_recorded_batch_fine_tunes_every_draw_for_at_least_100_steps():
+    """The recorded seeds batch: every fine-tuning cell took >= 100 optimizer steps in every
+    draw, on as many draws as the linear probe, pooled over at least 5 seeds."""
+    rec = seeds.read_pooled(paths.project_root() / "book" / "recorded" / "seeds-quick")
+    res = rec["results"]
+    assert rec["per_seed"]["seed"].nunique() >= 5
+    for tuned, probed in (("finetune", "linear"), ("shenzhen_finetune", "shenzhen_linear")):
+        ft = res[res["experiment"] == tuned].set_index(["init", "label_fraction"])
+        lp = res[res["experiment"] == probed].set_index(["init", "label_fraction"])
+        assert len(ft) and (ft["n_steps"] >= 100).all(), ft["n_steps"]
+        assert ft["n_draws"].to_dict() == lp["n_draws"].to_dict()
+    assert "seconds" in rec["source"] and rec["source"]["seconds"] > 0
 
 
 def test_the_stability_page_reruns_when_its_pooled_tables_change(tmp_path):

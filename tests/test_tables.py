@@ -66,8 +66,8 @@ def test_mean_rows_are_the_draw_averaged_rows():
 def test_results_and_comparison_tables():
     res, dl = fake_results()
     rt = tables.results_table(res, dl, ("linear",))
-    assert list(rt.columns) == ["experiment", "backbone", "label_fraction", "labels", "MoCo",
-                                "random", "difference"]
+    assert list(rt.columns) == ["experiment", "backbone", "label_fraction", "labels",
+                                "n_labelled", "MoCo", "random", "difference"]
     assert list(rt["labels"]) == ["1%", "100%"] and rt["random"].iloc[1] == "0.800 [0.750, 0.850]"
     table = tables.comparison_table(res, dl, tables.paper_results())
     assert len(table) == 4
@@ -75,6 +75,13 @@ def test_results_and_comparison_tables():
     assert row["ours: MoCo"] == "0.700 [0.650, 0.750]"
     assert row["ours: difference"] == "+0.100 [+0.050, +0.150]"
     assert row["paper: MoCo"] == "0.838" and row["paper: difference"] == "+0.072"
+    assert row["verdict"] == "reproduced"  # [+0.050, +0.150] lies above zero
+    assert row["labelled images"] == f"{int(row_n(res, 'linear', 0.01))} (paper ≈1,910)"
+
+
+def row_n(res, experiment, fraction):
+    m = tables.mean_rows(res, experiment)
+    return m[(m.init == "moco") & np.isclose(m.label_fraction, fraction)]["n_train"].iloc[0]
 
 
 def test_findings_on_the_fake_run():
@@ -112,3 +119,55 @@ def _deltas(rows):
 def test_findings_hold_only_when_the_cis_say_so(rows, expected):
     f = tables.findings(_deltas(rows), tables.paper_results(), "resnet18")
     assert list(f["holds"]) == expected
+
+
+# ----------------------------------------------------------------------------- cell verdicts
+
+
+@pytest.mark.parametrize("ci, paper, expected", [
+    ((0.01, 0.12), 0.093, "reproduced"),               # above zero
+    ((0.02, 0.05), 0.093, "reproduced"),               # above zero, though below the paper's
+    ((-0.03, 0.06), 0.093, "smaller than the paper's"),  # wholly below the paper's effect
+    ((-0.05, 0.15), 0.093, "inconclusive"),            # includes zero and the paper's effect
+    ((-0.02, 0.093), 0.093, "inconclusive"),           # touching the paper's effect is not below
+    ((0.0, 0.2), 0.093, "inconclusive"),               # touching zero is not above
+    ((0.01, 0.2), float("nan"), "reproduced"),         # no paper value (Shenzhen): above zero
+    ((-0.01, 0.2), None, "inconclusive"),
+    ((-0.02, 0.01), 0.0, "consistent with no gain"),   # the paper found no gain
+    ((0.01, 0.04), 0.0, "larger than the paper's"),
+    ((-0.04, -0.01), 0.0, "smaller than the paper's"),
+    ((float("nan"), 0.1), 0.093, "inconclusive"),
+])
+def test_cell_verdict(ci, paper, expected):
+    assert tables.cell_verdict(*ci, paper) == expected
+
+
+def test_min_detectable_effect_has_the_stated_power():
+    # one seed (normal): CI +-1.96 SE -> MDE = (1.96 + 0.84) SE
+    assert tables.min_detectable_effect(-0.0196, 0.0196, 1) == pytest.approx(0.02802, abs=2e-5)
+    # five seeds: Student's t with 4 df, wider than the normal's
+    assert tables.min_detectable_effect(-0.0278, 0.0278, 5) == pytest.approx(
+        (2.776 + 0.941) * 0.01, abs=2e-4)
+    # simulated: a true effect equal to the MDE puts the CI above zero in about 80% of studies
+    rng = np.random.default_rng(0)
+    se, n = 0.02, 5
+    t975 = 2.7764
+    true = tables.min_detectable_effect(-t975 * se, t975 * se, n)
+    draws = rng.normal(true, se * np.sqrt(n), size=(20000, n))  # per-seed deltas
+    m, s = draws.mean(1), draws.std(1, ddof=1) / np.sqrt(n)
+    power = np.mean(m - t975 * s > 0)
+    assert 0.74 < power < 0.86  # (the SE is estimated here, so about, not exactly, 80%)
+
+
+def test_paper_counts_and_effects():
+    paper = tables.paper_results()
+    assert tables.paper_count(0.001) == 191 and tables.paper_count(1.0) == 191_027
+    assert tables.paper_effect(paper, "linear", "resnet18", 0.001) == pytest.approx(0.093)
+    assert tables.paper_effect(paper, "finetune", "resnet18", 1.0) == pytest.approx(0.0)
+    assert np.isnan(tables.paper_effect(paper, "shenzhen_linear", "resnet18", 0.0625))
+
+
+def test_paper_pool_is_the_real_frontal_count(shared_data):
+    csv = shared_data / "chexpert" / "CheXpert-v1.0-small" / "train.csv.gz"
+    real = pd.read_csv(csv, usecols=["Frontal/Lateral"])
+    assert int((real["Frontal/Lateral"] == "Frontal").sum()) == tables.CHEXPERT_FRONTAL_TRAIN
