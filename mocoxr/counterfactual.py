@@ -78,7 +78,8 @@ def counterfactual_images(chexpert_folder: str | Path, paths: Sequence[str],
             if pair is None:
                 out.original[i] = out.without[i] = out.restored[i] = data.decode_image(p, size)
                 continue
-            out.original[i], out.without[i] = (_as_cached(a, size, quality, Path(tmp)) for a in pair)
+            out.original[i], out.without[i] = (_as_cached(a, size, quality, Path(tmp))
+                                               for a in pair)
             out.mask[i] = masks.region_mask(*pair, size)
             out.restored[i] = np.where(out.mask[i], out.original[i], out.without[i])
     return out
@@ -140,14 +141,19 @@ def drop_display(table: pd.DataFrame) -> pd.DataFrame:
     """:func:`drop_table` for the page: one string column per number, CIs in brackets."""
     from mocoxr import tables
 
-    ci = lambda r, c: tables.fmt_ci(r[c], r[f"{c}_lo"], r[f"{c}_hi"], signed=True)  # noqa: E731
+    rows = [r for _, r in table.iterrows()]
+
+    def ci(column: str) -> list[str]:
+        return [tables.fmt_ci(r[column], r[f"{column}_lo"], r[f"{column}_hi"], signed=True)
+                for r in rows]
+
     return pd.DataFrame({
         "init": table["init"], "labels": [tables.pct(f) for f in table["label_fraction"]],
         "images": table["images"],
         "P(original)": table["p_original"].map("{:.3f}".format),
         "P(no effusion)": table["p_without"].map("{:.3f}".format),
-        "drop in P [95% CI]": [ci(r, "drop_prob") for _, r in table.iterrows()],
-        "drop in logit [95% CI]": [ci(r, "drop_logit") for _, r in table.iterrows()],
+        "drop in P [95% CI]": ci("drop_prob"),
+        "drop in logit [95% CI]": ci("drop_logit"),
         "P(region restored)": table["p_restored"].map("{:.3f}".format),
-        "drop, region restored [95% CI]": [ci(r, "restored_drop_prob") for _, r in table.iterrows()],
+        "drop, region restored [95% CI]": ci("restored_drop_prob"),
     })

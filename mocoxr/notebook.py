@@ -239,9 +239,10 @@ def saliency_section(ds: Dataset, run_dir: str | Path, backbone: str, inits: Seq
     Maps (Grad-CAM at ``saliency.cam_layer``, occlusion with ``occlusion_grid`` patches per
     side) of the models fine-tuned on the largest of ``fractions`` (first draw, kept by
     ``experiments.run_finetune_experiment``), for at most ``max_images`` effusion-positive test
-    images (occlusion, a forward pass per patch, for the first ``occlusion_images``); on phantoms (``chexpert_folder`` given) their pointing game and share inside, and
-    the counterfactual drops of every kept model (``counterfactual.drop_table``); the cascading
-    randomisation of the first init's model on ``sanity_images`` of the images.
+    images (occlusion, a forward pass per patch, for the first ``occlusion_images``); on
+    phantoms (``chexpert_folder`` given) their pointing game and share inside, and the
+    counterfactual drops of every kept model (``counterfactual.drop_table``); the cascading
+    randomisation of the first init's model on the first ``sanity_images`` images.
     """
     import matplotlib.pyplot as plt
 
@@ -269,7 +270,8 @@ def saliency_section(ds: Dataset, run_dir: str | Path, backbone: str, inits: Seq
     sanity = saliency.cascading_randomisation(tuned[inits[0], fractions[-1]],
                                               x[:sanity_images], methods, seed=seed)
     show = list(range(min(4, len(rows), occlusion_images)))
-    fig = saliency.plot_cams(ds.images[rows[show]], {f"{n}, {i}": m[show] for (n, i), m in maps.items()},
+    fig = saliency.plot_cams(ds.images[rows[show]],
+                             {f"{n}, {i}": m[show] for (n, i), m in maps.items()},
                              None if cf is None else cf.mask[show])
     sanity_plot = saliency.plot_randomisation(
         sanity, f"Cascading randomisation, {inits[0]}, {tables.pct(fractions[-1])} of labels")
@@ -321,13 +323,13 @@ def _glue_section(sec: SaliencySection, inits: Sequence[str], fractions: Sequenc
             r = None if loc is None else loc[(loc["map"] == method) & (loc["init"] == init)].iloc[0]
             glue(f"{m}_hit_{tag}", nan if r is None else float(r["pointing_hit_rate"]))
             glue(f"{m}_share_{tag}", nan if r is None else float(r["share_inside"]))
-        for size, f in (("small", fractions[0]), ("large", fractions[-1])):
+        for which, f in (("small", fractions[0]), ("large", fractions[-1])):
             r = None if drops is None else drops[(drops["init"] == init)
                                                  & np.isclose(drops["label_fraction"], f)].iloc[0]
             for col, name in (("drop_prob", "drop"), ("drop_logit", "logit"),
                               ("restored_drop_prob", "restored")):
                 for suffix in ("", "_lo", "_hi"):
-                    glue(f"cf_{name}_{tag}_{size}{suffix}",
+                    glue(f"cf_{name}_{tag}_{which}{suffix}",
                          nan if r is None else float(r[col + suffix]))
     glue("cf_frac_small", tables.pct(fractions[0]))
 

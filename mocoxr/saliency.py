@@ -219,10 +219,10 @@ def cascade_blocks(model: nn.Module) -> list[tuple[str, ...]]:
     the cascading randomisation re-initialises them: head, then the deepest block first."""
     if models.head_name(model) == "fc":
         return [("fc",), ("layer4",), ("layer3",), ("layer2",), ("layer1",), ("conv1", "bn1")]
-    return [("classifier",), ("features.norm5", "features.denseblock4"),
-            ("features.transition3", "features.denseblock3"),
-            ("features.transition2", "features.denseblock2"),
-            ("features.transition1", "features.denseblock1"), ("features.conv0", "features.norm0")]
+    return [("classifier",), ("features.denseblock4", "features.norm5"),
+            ("features.denseblock3", "features.transition3"),
+            ("features.denseblock2", "features.transition2"),
+            ("features.denseblock1", "features.transition1"), ("features.conv0", "features.norm0")]
 
 
 def _reinitialise(module: nn.Module, seed: int) -> None:
@@ -257,7 +257,8 @@ def cascading_randomisation(model: nn.Module, x: torch.Tensor,
     time, top down (a copy of ``model``; the model itself is left alone), compared with the
     original maps. ``methods``: ``{name: f(model, x) -> maps (N, H, W)}``. Returns one row per
     (method, step, image): ``step`` (0 = original weights), ``randomised`` (the block added at
-    that step, "none" at 0), ``spearman`` (rank correlation with the step-0 map)."""
+    that step, named by its first module; "none" at 0), ``spearman`` (rank correlation with
+    the step-0 map)."""
     work = copy.deepcopy(model).eval()
     steps = [("none",)] + cascade_blocks(model)
     original = {name: f(work, x) for name, f in methods.items()}
@@ -268,7 +269,7 @@ def cascading_randomisation(model: nn.Module, x: torch.Tensor,
                 _reinitialise(work.get_submodule(name), seed + k)
         for name, f in methods.items():
             rho = rank_correlation(original[name], f(work, x) if k else original[name])
-            rows += [{"method": name, "step": k, "randomised": block[-1] if k else "none",
+            rows += [{"method": name, "step": k, "randomised": block[0] if k else "none",
                       "image": i, "spearman": float(r)} for i, r in enumerate(rho)]
     return pd.DataFrame(rows)
 
@@ -281,7 +282,7 @@ def plot_randomisation(table: pd.DataFrame, title: str | None = None):
     from mocoxr import plots
 
     plots.use_book_theme()
-    fig, ax = plt.subplots(figsize=(min(6.0, plots.PAGE_WIDTH), 3.2))
+    fig, ax = plt.subplots(figsize=(min(7.0, plots.PAGE_WIDTH), 3.2))
     for i, (name, t) in enumerate(table.groupby("method", sort=False)):
         g = t.groupby("step")["spearman"]
         steps = np.asarray(g.mean().index)
@@ -294,7 +295,8 @@ def plot_randomisation(table: pd.DataFrame, title: str | None = None):
     ax.set_ylim(-1.05, 1.05)
     ax.set_ylabel("Spearman with original map")
     ax.set_title(title or "Cascading randomisation, top block first", fontsize=10)
-    ax.legend(title="map", fontsize=8, title_fontsize=8, loc="lower left")
+    ax.legend(title="map", fontsize=8, title_fontsize=8, loc="center left",
+              bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     return fig
 

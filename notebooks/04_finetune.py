@@ -150,7 +150,8 @@ plt.show()
 #
 # A saliency map marks the pixels that the model's score depends on. Two kinds are computed
 # here, for the models fine-tuned on {glue:text}`cam_frac` of the labels (first draw), on
-# {glue:text}`cam_n` effusion-positive test images:
+# {glue:text}`cam_n` effusion-positive test images (a seeded sample; on the phantoms, of those
+# whose effusion still shows at this size):
 #
 # - **Grad-CAM** {cite}`selvaraju2017gradcam` weighs a block's activations by the gradient
 #   of the effusion logit. Its map has one cell per position of that block's output, so the
@@ -234,7 +235,8 @@ if sal.drops is not None:
 # A large drop says the model's score follows the effusion in these images. It cannot say
 # that the model would find an effusion drawn differently, or read a real radiograph the same
 # way. The phantom's image processing also responds slightly to the effusion outside the
-# region (a few gray levels), which the restored version leaves out.
+# region (a few gray levels), which the restored version leaves out. On real data there is no
+# such counterfactual: the table is left out and these numbers read "nan".
 #
 # ### Sanity check: do the maps depend on the weights?
 #
@@ -252,7 +254,7 @@ display(sal.sanity_plot)
 # is {glue:text}`san_cam_top:.2f` and occlusion's {glue:text}`san_occ_top:.2f`. With every
 # block random, they are {glue:text}`san_cam_all:.2f` and {glue:text}`san_occ_all:.2f`. A
 # correlation that stays near 1 would mean the maps show the image more than the model.
-#
+
 # %% [markdown]
 # ## Calibration
 #

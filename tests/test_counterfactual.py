@@ -90,3 +90,6 @@ def test_bootstrap_mean_and_drop_table():
     assert r["drop_prob"] == pytest.approx(2 * p - 1) and r["p_without"] == pytest.approx(1 - p)
     assert r["restored_drop_prob"] == 0.0
     assert (t.iloc[1][["drop_prob", "drop_logit", "restored_drop_prob"]] == 0).all()
+    shown = counterfactual.drop_display(t)
+    assert shown["drop in logit [95% CI]"].iloc[0] == "+4.000 [+4.000, +4.000]"
+    assert list(shown["labels"]) == ["100%", "1%"] and shown["P(original)"].iloc[1] == "0.500"

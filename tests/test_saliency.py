@@ -149,7 +149,7 @@ def test_cascading_randomisation_changes_grad_cam_but_not_a_weight_blind_map():
                "edges": lambda m, x: x[:, 0].abs().numpy()}  # ignores the weights
     t = saliency.cascading_randomisation(model, x, methods, seed=0)
     assert len(t) == 2 * 7 * 3 and list(t["randomised"].unique()) == [
-        "none", "fc", "layer4", "layer3", "layer2", "layer1", "bn1"]
+        "none", "fc", "layer4", "layer3", "layer2", "layer1", "conv1"]
     cam = t[t["method"] == "Grad-CAM"].groupby("step")["spearman"].mean()
     assert cam[0] == pytest.approx(1.0) and cam[6] < 0.5
     assert (t.loc[t["method"] == "edges", "spearman"] > 0.999).all()  # fails the check
