@@ -21,7 +21,8 @@ from mocoxr.book.paths import RunPaths, project_root, run_paths
 
 __all__ = ["Dataset", "RunPaths", "chexpert_folder", "glue", "glue_effect", "glued_values",
            "knn_monitor", "load_dataset", "pretrain_dir", "project_root", "record_pretrained",
-           "run_paths", "shenzhen_folder", "uncertain_policy_counts"]
+           "run_paths", "saliency_section", "SaliencySection", "shenzhen_folder",
+           "uncertain_policy_counts"]
 
 SPEED_FIELDS = ("device", "amp", "channels_last", "compile", "monitor_every", "checkpoint_every_steps")
 
@@ -183,6 +184,156 @@ def knn_monitor(ds: Dataset, k: int = 20, max_train: int = 1000, max_eval: int =
     tr, ev = pick(ds.prepared.rows("train"), max_train), pick(ds.prepared.rows("val"), max_eval)
     return probe.make_knn_monitor(ds.images, tr, ds.prepared.labels(tr), ev, ds.prepared.labels(ev),
                                   ds.mean, ds.std, ds.image_size, k=k)
+
+
+# ----------------------------------------------------------------------------- saliency
+
+
+@dataclass
+class SaliencySection:
+    """What chapter 04's saliency section shows: the Grad-CAM block and its grid, the images
+    mapped, the maps' scores against the phantom region (``localisation``), the counterfactual
+    drops (``drops``; both None on real data), the cascading-randomisation table (``sanity``)
+    and the figures (``maps``, ``sanity_plot``)."""
+
+    layer: str
+    grid: tuple[int, int]
+    occlusion_patch: int
+    occlusion_images: int
+    rows: Any  # manifest rows of the mapped (effusion-positive test) images
+    localisation: Any
+    drops: Any
+    sanity: Any
+    maps: Any
+    sanity_plot: Any
+
+
+def _section_images(ds: Dataset, chexpert_folder: str | Path | None, max_images: int, seed: int):
+    """Effusion-positive test rows (those whose effusion shows at this size, on phantoms),
+    a seeded sample of at most ``max_images``, with their counterfactuals (None on real data)."""
+    import numpy as np
+
+    from mocoxr import counterfactual
+
+    test = ds.prepared.rows("test")
+    pos = test[ds.prepared.labels(test) == 1]
+    cf = None
+    if chexpert_folder is not None:
+        cf = counterfactual.counterfactual_images(chexpert_folder, ds.manifest["path"].iloc[pos],
+                                                  ds.images.shape[-1])
+        shown = cf.mask.any(axis=(1, 2))
+        pos, cf = pos[shown], cf.take(shown)
+    if not len(pos):
+        raise ValueError("saliency_section: no effusion-positive test image to map")
+    pick = np.sort(np.random.default_rng(seed).choice(len(pos), min(max_images, len(pos)),
+                                                      replace=False))
+    return pos[pick], None if cf is None else cf.take(pick)
+
+
+def saliency_section(ds: Dataset, run_dir: str | Path, backbone: str, inits: Sequence[str],
+                     fractions: Sequence[float], chexpert_folder: str | Path | None = None,
+                     seed: int = 0, n_boot: int = 1000, max_images: int = 64,
+                     occlusion_images: int = 32, sanity_images: int = 6,
+                     occlusion_grid: int = 8) -> SaliencySection:
+    """Chapter 04's saliency section in one call, gluing its numbers (``cam_*``, ``occ_*``,
+    ``cf_*``, ``san_*``; NaN where real data has no region).
+
+    Maps (Grad-CAM at ``saliency.cam_layer``, occlusion with ``occlusion_grid`` patches per
+    side) of the models fine-tuned on the largest of ``fractions`` (first draw, kept by
+    ``experiments.run_finetune_experiment``), for at most ``max_images`` effusion-positive test
+    images (occlusion, a forward pass per patch, for the first ``occlusion_images``); on
+    phantoms (``chexpert_folder`` given) their pointing game and share inside, and the
+    counterfactual drops of every kept model (``counterfactual.drop_table``); the cascading
+    randomisation of the first init's model on the first ``sanity_images`` images.
+    """
+    import matplotlib.pyplot as plt
+
+    from mocoxr import counterfactual, experiments, saliency, tables
+
+    fractions = sorted(float(f) for f in fractions)
+    tuned = {(i, f): experiments.load_finetuned(run_dir, "finetune", backbone, i, f)
+             for i in inits for f in fractions}
+    rows, cf = _section_images(ds, chexpert_folder, max_images, seed)
+    size = ds.image_size
+    layer, grid = saliency.cam_layer(tuned[inits[0], fractions[-1]], size)
+    patch = max(1, size // occlusion_grid)
+    methods = {"Grad-CAM": lambda m, x: saliency.grad_cam(m, x, layer=layer),
+               "occlusion": lambda m, x: saliency.occlusion(m, x, patch)}
+    x = saliency.model_inputs(ds.images[rows], ds.mean, ds.std, size)
+    n_maps = {"Grad-CAM": len(x), "occlusion": min(occlusion_images, len(x))}
+    maps = {(name, i): f(tuned[i, fractions[-1]], x[:n_maps[name]])
+            for name, f in methods.items() for i in inits}
+    loc = drops = None
+    if cf is not None:
+        loc = _localisation(maps, cf.mask)
+        drops = counterfactual.drop_table(
+            {key: {v: counterfactual.logits(m, getattr(cf, v), ds.mean, ds.std, size)
+                   for v in counterfactual.VERSIONS} for key, m in tuned.items()}, n_boot, seed)
+    sanity = saliency.cascading_randomisation(tuned[inits[0], fractions[-1]],
+                                              x[:sanity_images], methods, seed=seed)
+    show = list(range(min(4, len(rows), occlusion_images)))
+    fig = saliency.plot_cams(ds.images[rows[show]],
+                             {f"{n}, {i}": m[show] for (n, i), m in maps.items()},
+                             None if cf is None else cf.mask[show])
+    sanity_plot = saliency.plot_randomisation(
+        sanity, f"Cascading randomisation, {inits[0]}, {tables.pct(fractions[-1])} of labels")
+    plt.close(fig)  # shown where the page places them, with display(...)
+    plt.close(sanity_plot)
+    sec = SaliencySection(layer, grid, patch, n_maps["occlusion"], rows, loc, drops, sanity, fig,
+                          sanity_plot)
+    _glue_section(sec, inits, fractions)
+    return sec
+
+
+def _localisation(maps: dict, masks: Any) -> Any:
+    """Pointing game and share inside per (map, init), the uniform map's share beside them."""
+    import pandas as pd
+
+    from mocoxr import saliency
+
+    parts = [saliency.localisation_table({init: m}, masks[:len(m)]).assign(map=name)
+             for (name, init), m in maps.items()]
+    t = pd.concat(parts, ignore_index=True).rename(columns={"region_area": "uniform_share"})
+    return t[["map", "init", "images", "pointing_hit_rate", "share_inside", "uniform_share"]]
+
+
+def _glue_section(sec: SaliencySection, inits: Sequence[str], fractions: Sequence[float]) -> None:
+    import numpy as np
+
+    from mocoxr import tables
+
+    nan = float("nan")
+    glue("cam_layer", sec.layer)
+    glue("cam_grid", f"{sec.grid[0]} × {sec.grid[1]}")
+    glue("cam_n", int(len(sec.rows)))
+    glue("cam_frac", tables.pct(fractions[-1]))
+    glue("occ_patch", int(sec.occlusion_patch))
+    glue("occ_n", int(sec.occlusion_images))
+    glue("san_images", int(sec.sanity["image"].nunique()))
+    last = sec.sanity[sec.sanity["step"] == sec.sanity["step"].max()]
+    top = sec.sanity[sec.sanity["step"] == 1]
+    for method, tag in (("Grad-CAM", "cam"), ("occlusion", "occ")):
+        glue(f"san_{tag}_top", float(top.loc[top["method"] == method, "spearman"].mean()))
+        glue(f"san_{tag}_all", float(last.loc[last["method"] == method, "spearman"].mean()))
+    loc, drops = sec.localisation, sec.drops
+    for method, m in (("Grad-CAM", "cam"), ("occlusion", "occ")):
+        glue(f"{m}_area", nan if loc is None else
+             float(loc.loc[loc["map"] == method, "uniform_share"].iloc[0]))
+    for init in inits:
+        tag = "moco" if init == "moco" else "base"
+        for method, m in (("Grad-CAM", "cam"), ("occlusion", "occ")):
+            r = None if loc is None else loc[(loc["map"] == method) & (loc["init"] == init)].iloc[0]
+            glue(f"{m}_hit_{tag}", nan if r is None else float(r["pointing_hit_rate"]))
+            glue(f"{m}_share_{tag}", nan if r is None else float(r["share_inside"]))
+        for which, f in (("small", fractions[0]), ("large", fractions[-1])):
+            r = None if drops is None else drops[(drops["init"] == init)
+                                                 & np.isclose(drops["label_fraction"], f)].iloc[0]
+            for col, name in (("drop_prob", "drop"), ("drop_logit", "logit"),
+                              ("restored_drop_prob", "restored")):
+                for suffix in ("", "_lo", "_hi"):
+                    glue(f"cf_{name}_{tag}_{which}{suffix}",
+                         nan if r is None else float(r[col + suffix]))
+    glue("cf_frac_small", tables.pct(fractions[0]))
 
 
 # ----------------------------------------------------------------------------- glue

@@ -136,6 +136,8 @@ PARAMETERS: dict[str, Checker | dict[str, Checker]] = {
     "transfer_linear": LINEAR,
     "finetune": FINETUNE,
     "transfer_finetune": FINETUNE,
+    "saliency_options": {"max_images": integer(1), "occlusion_images": integer(1),
+                         "sanity_images": integer(1), "occlusion_grid": integer(1)},
 }
 PAIRED = {"chexpert": ("fractions", "draws"), "shenzhen": ("fractions", "draws")}
 

@@ -55,6 +55,10 @@ finetune = {  # mocoxr.experiments.run_finetune_experiment options
     "overwrite": False,  # retrain even when saved predictions match
 }
 n_boot = 1000
+saliency_options = {  # mocoxr.notebook.saliency_section options: images mapped (Grad-CAM,
+    "max_images": 64,  # counterfactual), occluded, randomised; occlusion patches per side
+    "occlusion_images": 32, "sanity_images": 6, "occlusion_grid": 8,
+}
 
 # %%
 import matplotlib.pyplot as plt
@@ -173,56 +177,114 @@ plt.show()
 # %% [markdown]
 # ## Where the fine-tuned models look
 #
-# Grad-CAM {cite}`selvaraju2017gradcam` weighs the last convolutional block's activations by
-# the gradient of the effusion logit: bright where the model finds its evidence. On the
-# phantoms the true effusion region of every image is known (the generator renders the image
-# again without its effusion; the difference is the region, outlined below), so each map can
-# be scored: does its peak fall inside the region (the pointing game), and what share of its
-# mass lies there? Models fine-tuned on {glue:text}`cam_frac` of the labels, first draw.
+# A saliency map marks the pixels that the model's score depends on. Two kinds are computed
+# here, for the models fine-tuned on {glue:text}`cam_frac` of the labels (first draw), on
+# {glue:text}`cam_n` effusion-positive test images (a seeded sample; on the phantoms, of those
+# whose effusion still shows at this size):
+#
+# - **Grad-CAM** {cite}`selvaraju2017gradcam` weighs a block's activations by the gradient
+#   of the effusion logit. Its map has one cell per position of that block's output, so the
+#   block must be fine enough to tell a lung base from the rest of the chest. The rule used
+#   here: the deepest block whose output has at least 8 × 8 cells at the input size. Here
+#   that is {glue:text}`cam_layer`, with {glue:text}`cam_grid` cells. The usual choice, the
+#   last block, has 10 × 10 cells at the paper's 320 px but only 2 × 2 at 64 px: there its
+#   peak could only fall near four points.
+# - **Occlusion** {cite}`zeiler2014visualizing` hides one square of {glue:text}`occ_patch`
+#   × {glue:text}`occ_patch` pixels at a time (set to the mean gray) and records how much the
+#   logit drops. It needs no access to the model's inside.
+#
+# On the phantoms the effusion region of every image is known. The generator renders the
+# image again without its effusion, and the region is where the two differ (outlined below).
 
 # %%
-from mocoxr import saliency
+from mocoxr import counterfactual
 
-test_rows = ds.prepared.rows("test")
-tuned = {init: experiments.load_finetuned(paths.root, "finetune", backbone, init, f_large)
-         for init in backbones}
-pos = test_rows[ds.prepared.labels(test_rows) == 1]
-masks = None
-if data_dir is None:  # phantoms: the true effusion region is known
-    masks = saliency.phantom_masks(folder, ds.manifest["path"].iloc[pos], image_size)
-    pos, masks = pos[masks.any(axis=(1, 2))], masks[masks.any(axis=(1, 2))]
-cams = {init: saliency.grad_cam_rows(m, ds.images, pos, ds.mean, ds.std, image_size)
-        for init, m in tuned.items()}
-rng = np.random.default_rng(seed)
-show = np.sort(rng.choice(len(pos), min(4, len(pos)), replace=False))
-fig = saliency.plot_cams(ds.images[pos[show]], {k: c[show] for k, c in cams.items()},
-                         None if masks is None else masks[show])
-plt.show()
-
-# %% tags=["hide-input"]
-# numbers for the text below
-notebook.glue("cam_frac", tables.pct(f_large))
-notebook.glue("cam_n", int(len(pos)))
-if masks is not None:
-    loc = saliency.localisation_table(cams, masks).set_index("init")
-    display(loc.style.format("{:.3f}", subset=["pointing_hit_rate", "share_inside",
-                                               "region_area"]))
-for init in backbones:
-    tag = "moco" if init == "moco" else "base"
-    for col, name in (("pointing_hit_rate", "hit"), ("share_inside", "share")):
-        notebook.glue(f"cam_{name}_{tag}", float(loc.loc[init, col]) if masks is not None
-                  else float("nan"))
-notebook.glue("cam_area", float(masks.mean()) if masks is not None else float("nan"))
+sal = notebook.saliency_section(
+    ds, paths.root, backbone, list(backbones), keep, seed=seed, n_boot=n_boot,
+    chexpert_folder=folder if data_dir is None else None, **saliency_options,
+)
+display(sal.maps)
 
 # %% [markdown]
-# Over the {glue:text}`cam_n` effusion-positive test images whose effusion shows at this
-# size, the map's peak lies inside the effusion for {glue:text}`cam_hit_moco:.0%` of them
-# from MoCo and {glue:text}`cam_hit_base:.0%` from the {glue:text}`baseline` init; the share
-# of the map inside the region is {glue:text}`cam_share_moco:.2f` and
-# {glue:text}`cam_share_base:.2f`, against {glue:text}`cam_area:.2f` for a map spread evenly
-# (the region's mean share of the image). (On real data, with no region to compare with,
-# these read "nan".)
+# ### Do the maps point at the effusion?
 #
+# Two scores per map. The **pointing game** asks whether the map's peak falls inside the
+# region. The **share inside** is the part of the map's mass that lies in the region. A map
+# spread evenly would score the region's share of the image (the `uniform_share` column).
+
+# %% tags=["hide-input"]
+if sal.localisation is not None:
+    display(sal.localisation.style.format(
+        "{:.3f}", subset=["pointing_hit_rate", "share_inside", "uniform_share"]
+    ).hide(axis="index"))
+
+# %% [markdown]
+# Grad-CAM's peak lies inside the effusion for {glue:text}`cam_hit_moco:.0%` of the images
+# from MoCo and {glue:text}`cam_hit_base:.0%` from the {glue:text}`baseline` init. Its share
+# inside is {glue:text}`cam_share_moco:.2f` and {glue:text}`cam_share_base:.2f`, against
+# {glue:text}`cam_area:.2f` for a uniform map. Occlusion's peak lies inside for
+# {glue:text}`occ_hit_moco:.0%` and {glue:text}`occ_hit_base:.0%`, with shares
+# {glue:text}`occ_share_moco:.2f` and {glue:text}`occ_share_base:.2f` (uniform:
+# {glue:text}`occ_area:.2f`; occlusion costs a forward pass per square, so it maps the first
+# {glue:text}`occ_n` of the images).
+#
+# What these numbers cannot show: a map is an explanation method's view of the model, not the
+# model's reasoning. A low score may mean the model reads something else, or that the method
+# blurs or misplaces what the model reads. On real data, with no region to compare with, the
+# page shows the maps only, and these numbers read "nan".
+#
+# ### The counterfactual: the same image without its effusion
+#
+# Phantoms allow a direct test that no real-data method can give. Each test image is rendered
+# again with every finding but its effusion: same patient, exposure and noise. Both versions
+# are scored. The drop in the effusion probability measures how much the decision rests on
+# the effusion itself. A third version puts back the effusion region alone: the image without
+# effusion, with the pixels inside the region taken from the original. Its drop measures what
+# the model reads outside the region (about 0 when the region holds all the evidence it uses).
+# Every kept model is tested, at each label fraction; the CIs are bootstrap intervals over
+# the images.
+
+# %% tags=["hide-input"]
+if sal.drops is not None:
+    display(counterfactual.drop_display(sal.drops).style.hide(axis="index"))
+
+# %% [markdown]
+# With {glue:text}`cam_frac` of the labels, removing the effusion lowers the MoCo model's
+# probability by {glue:text}`cf_drop_moco_large:.3f` on average (95% CI
+# {glue:text}`cf_drop_moco_large_lo:.3f` to {glue:text}`cf_drop_moco_large_hi:.3f`), and the
+# {glue:text}`baseline` model's by {glue:text}`cf_drop_base_large:.3f`
+# ({glue:text}`cf_drop_base_large_lo:.3f` to {glue:text}`cf_drop_base_large_hi:.3f`). With
+# {glue:text}`cf_frac_small` of the labels: {glue:text}`cf_drop_moco_small:.3f`
+# ({glue:text}`cf_drop_moco_small_lo:.3f` to {glue:text}`cf_drop_moco_small_hi:.3f`) and
+# {glue:text}`cf_drop_base_small:.3f` ({glue:text}`cf_drop_base_small_lo:.3f` to
+# {glue:text}`cf_drop_base_small_hi:.3f`). With the region alone restored, the MoCo model's
+# drop is {glue:text}`cf_restored_moco_large:.3f` ({glue:text}`cf_restored_moco_large_lo:.3f`
+# to {glue:text}`cf_restored_moco_large_hi:.3f`).
+#
+# A large drop says the model's score follows the effusion in these images. It cannot say
+# that the model would find an effusion drawn differently, or read a real radiograph the same
+# way. The phantom's image processing also responds slightly to the effusion outside the
+# region (a few gray levels), which the restored version leaves out. On real data there is no
+# such counterfactual: the table is left out and these numbers read "nan".
+#
+# ### Sanity check: do the maps depend on the weights?
+#
+# A saliency method can draw edges whatever the model has learnt. The cascading randomisation
+# test {cite}`adebayo2018sanity` re-initialises the fine-tuned MoCo model's blocks from the top
+# down, one more at each step, and compares the maps with the original ones by rank (Spearman)
+# correlation, on {glue:text}`san_images` images. A method that explains the model must give
+# different maps once the weights are random.
+
+# %%
+display(sal.sanity_plot)
+
+# %% [markdown]
+# With only the head re-initialised, Grad-CAM's mean rank correlation with its original maps
+# is {glue:text}`san_cam_top:.2f` and occlusion's {glue:text}`san_occ_top:.2f`. With every
+# block random, they are {glue:text}`san_cam_all:.2f` and {glue:text}`san_occ_all:.2f`. A
+# correlation that stays near 1 would mean the maps show the image more than the model.
+
+# %% [markdown]
 # ## Calibration
 #
 # AUC only ranks the images; a score used as a probability must also be *calibrated*: among
@@ -282,9 +344,10 @@ for i, (init, f) in enumerate(cal_inputs):
 #   {glue:text}`delta_small:+.3f` AUC at {glue:text}`frac_small` of the labels and
 #   {glue:text}`delta_large:+.3f` at {glue:text}`frac_large`; the best model with all labels
 #   reaches AUC {glue:text}`auc_best_full:.3f`.
-# - Its Grad-CAM peak falls inside the phantom's effusion for {glue:text}`cam_hit_moco:.0%`
-#   (MoCo) and {glue:text}`cam_hit_base:.0%` ({glue:text}`baseline`) of the positive test
-#   images; test ECE {glue:text}`ece_before_moco:.3f` → {glue:text}`ece_after_moco:.3f` (MoCo)
+# - Its Grad-CAM peak ({glue:text}`cam_grid` cells) falls inside the phantom's effusion for
+#   {glue:text}`cam_hit_moco:.0%` (MoCo) and {glue:text}`cam_hit_base:.0%`
+#   ({glue:text}`baseline`) of the positive test images; removing the effusion lowers the
+#   MoCo model's probability by {glue:text}`cf_drop_moco_large:.3f`; test ECE {glue:text}`ece_before_moco:.3f` → {glue:text}`ece_after_moco:.3f` (MoCo)
 #   and {glue:text}`ece_before_base:.3f` → {glue:text}`ece_after_base:.3f` after temperature
 #   scaling.
 # - Next: [transfer to Shenzhen](05_shenzhen.ipynb), a different disease and source.

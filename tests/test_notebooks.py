@@ -128,6 +128,31 @@ def test_deltas_table_and_the_prose_numbers_come_from_it(tiny):
     assert sz["lin_delta_small"] == pytest.approx(row["delta"])
 
 
+def test_finetune_notebook_runs_the_saliency_section(tiny):
+    run_dir, _, index, _ = tiny
+    g = glued(run_dir, "04_finetune")
+    assert g["cam_layer"] == "layer1" and g["cam_grid"] == "8 × 8"  # 32 px: layer4 is 1 x 1
+    assert g["cam_frac"] == "100%" and g["cf_frac_small"] == "10%" and g["occ_patch"] == 4
+    assert g["cam_n"] >= 1 and 0 < g["cam_area"] < 1
+    for name in ("cam_hit", "cam_share", "occ_hit", "occ_share"):
+        for tag in ("moco", "base"):
+            assert 0 <= g[f"{name}_{tag}"] <= 1, name
+    for name in ("drop", "logit", "restored"):
+        for tag in ("moco_small", "moco_large", "base_small", "base_large"):
+            v, lo, hi = (g[f"cf_{name}_{tag}{s}"] for s in ("", "_lo", "_hi"))
+            assert lo - 1e-9 <= v <= hi + 1e-9, (name, tag)
+    assert -1 <= g["cf_drop_moco_large"] <= 1 and g["san_images"] >= 1
+    for name in ("san_cam_top", "san_cam_all", "san_occ_top", "san_occ_all"):
+        assert -1 <= g[name] <= 1, name
+    page = (index.parent / "book" / "executed" / "04_finetune.html").read_text()
+    parser = _Tables()
+    parser.feed(page)
+    assert any("drop in P [95% CI]" in t["headers"] for t in parser.tables)
+    assert any("uniform_share" in t["headers"] for t in parser.tables)
+    assert "Sanity check" in page  # AUC, differences, ROC, maps, sanity check, reliability:
+    assert len([src for src in parser.images if src.endswith(".png")]) >= 6
+
+
 def test_results_notebook_compares_with_the_paper(tiny):
     run_dir = tiny[0]
     g = glued(run_dir, "06_results")

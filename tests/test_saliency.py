@@ -76,6 +76,92 @@ def test_pointing_game_and_share_inside():
         saliency.share_inside(cams[:1], masks)
 
 
+# ----------------------------------------------------------------------------- layer rule
+
+
+def test_cam_layer_is_the_deepest_block_with_at_least_8x8_cells():
+    model = one_logit()
+    assert saliency.block_grids(model, 64) == {"layer1": (16, 16), "layer2": (8, 8),
+                                               "layer3": (4, 4), "layer4": (2, 2)}
+    assert saliency.cam_layer(model, 64) == ("layer2", (8, 8))
+    assert saliency.cam_layer(model, 320) == ("layer4", (10, 10))  # the paper's size
+    assert saliency.cam_layer(model, 32) == ("layer1", (8, 8))
+    assert saliency.cam_layer(model, 16) == ("layer1", (4, 4))  # none has 8x8: the shallowest
+    assert saliency.cam_layer(model, 64, min_cells=2) == ("layer4", (2, 2))
+    assert saliency.cam_layer(one_logit("densenet121"), 64) == ("features.denseblock2", (8, 8))
+    x = torch.randn(2, 3, 64, 64)
+    fine = saliency.grad_cam(model, x, layer="layer2")
+    assert fine.shape == (2, 64, 64)
+    assert not np.allclose(fine, saliency.grad_cam(model, x))  # default: layer4
+    assert model.training is False
+
+
+# ----------------------------------------------------------------------------- occlusion
+
+
+class OnePixel(nn.Module):
+    """Logit = 3 x (channel 0 at pixel (5, 9)) + 1: reads one pixel and nothing else."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(3.0))
+
+    def forward(self, x):
+        return (self.w * x[:, 0, 5, 9] + 1.0)[:, None]
+
+
+def test_occlusion_finds_the_one_pixel_a_model_reads():
+    x = torch.rand(2, 3, 16, 16) + 0.5  # positive: occluding (setting 0) lowers the logit
+    exact = saliency.occlusion(OnePixel(), x, patch=1)
+    assert exact.shape == (2, 16, 16) and exact.max() == 1.0
+    for m in exact:
+        assert np.unravel_index(m.argmax(), m.shape) == (5, 9)
+        assert (m > 0).sum() == 1
+    coarse = saliency.occlusion(OnePixel(), x, patch=4, stride=2)
+    for m in coarse:  # the squares covering (5, 9) are the ones that light up
+        r, c = np.unravel_index(m.argmax(), m.shape)
+        assert abs(r - 5) < 4 and abs(c - 9) < 4 and m[5, 9] == m.max()
+        assert m[:, :6].max() == 0 and m[10:].max() == 0
+    # a pixel that raises the logit when hidden is no evidence: the map is all zero
+    assert saliency.occlusion(OnePixel(), -x, patch=2).max() == 0.0
+    with pytest.raises(ValueError, match="patch"):
+        saliency.occlusion(OnePixel(), x, patch=17)
+    assert saliency._starts(10, 4, 4) == [0, 4, 6]  # the last square is flush with the edge
+
+
+# ----------------------------------------------------------------------------- sanity check
+
+
+def test_rank_correlation():
+    a = np.arange(16, dtype=float).reshape(1, 4, 4)
+    np.testing.assert_allclose(saliency.rank_correlation(np.r_[a, a], np.r_[a ** 3, -a]), [1, -1])
+    assert saliency.rank_correlation(a, np.zeros_like(a))[0] == 0.0  # a constant map: no ranking
+    with pytest.raises(ValueError, match="both be"):
+        saliency.rank_correlation(a, a[0])
+
+
+def test_cascading_randomisation_changes_grad_cam_but_not_a_weight_blind_map():
+    torch.manual_seed(0)
+    model = one_logit()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(3, 3, 32, 32)
+    methods = {"Grad-CAM": lambda m, x: saliency.grad_cam(m, x, layer="layer1"),
+               "edges": lambda m, x: x[:, 0].abs().numpy()}  # ignores the weights
+    t = saliency.cascading_randomisation(model, x, methods, seed=0)
+    assert len(t) == 2 * 7 * 3 and list(t["randomised"].unique()) == [
+        "none", "fc", "layer4", "layer3", "layer2", "layer1", "conv1"]
+    cam = t[t["method"] == "Grad-CAM"].groupby("step")["spearman"].mean()
+    assert cam[0] == pytest.approx(1.0) and cam[6] < 0.5
+    assert (t.loc[t["method"] == "edges", "spearman"] > 0.999).all()  # fails the check
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # a copy
+    again = saliency.cascading_randomisation(model, x, methods, seed=0)
+    pd_testing = pytest.importorskip("pandas.testing")
+    pd_testing.assert_frame_equal(t, again)  # seeded
+    fig = saliency.plot_randomisation(t)
+    assert fig.get_size_inches()[0] <= 7.5
+    assert [b for b in saliency.cascade_blocks(one_logit("densenet121"))][0] == ("classifier",)
+
+
 # ----------------------------------------------------------------------------- phantom region
 
 
