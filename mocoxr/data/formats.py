@@ -107,3 +107,67 @@ def prepare_dataset(role: str, folder: str | os.PathLike, out_dir: str | os.Path
         split = tuple(options.get("split_fractions", pf.TRANSFER_SPLIT))
     return pf.prepare_labels(folder, out_dir, split_fractions=split, seed=seed, name=role,
                              **common, **_pick(options, ("frontal_only", "check_images")))
+
+
+def label_file(folder: str | os.PathLike, role: str = "chexpert") -> Path:
+    """The file holding the labels: CheXpert's train.csv[.gz], NIH's Data_Entry CSV or the
+    labels CSV (Shenzhen and Montgomery keep theirs in the file names: the PNG folder)."""
+    from mocoxr.data.chexpert import find_csv
+    from mocoxr.data.shenzhen import _shenzhen_png_dir
+
+    fmt = detect_format(folder, role)
+    if fmt == "chexpert":
+        cdir = find_chexpert_dir(folder)
+        return find_csv(cdir, "train") or find_csv(cdir, "valid")
+    if fmt == "nih":
+        return find_data_entry(folder)
+    if fmt == "labels":
+        return find_labels_csv(folder)
+    return montgomery_png_dir(folder) if fmt == "montgomery" else _shenzhen_png_dir(Path(folder))
+
+
+def _csv_names(header: str) -> list[str]:
+    """NIH's header names ``OriginalImage[Width,Height]`` once for two fields: one name each."""
+    names = []
+    for name in re.split(r",(?![^\[]*\])", header.strip()):
+        stem, _, inner = name.partition("[")
+        names += [f"{stem} {p}" for p in inner.rstrip("]").split(",")] if inner else [name]
+    return names
+
+
+def label_file_head(folder: str | os.PathLike, role: str = "chexpert", nrows: int = 6):
+    """The first ``nrows`` rows of :func:`label_file` as it is on disk (a DataFrame)."""
+    import pandas as pd
+
+    path = label_file(folder, role)
+    if path.is_dir():
+        return pd.DataFrame({"file": sorted(p.name for p in path.glob("*.png"))[:nrows]})
+    if detect_format(folder, role) == "nih":
+        with open(path) as fh:
+            names = _csv_names(fh.readline())
+        return pd.read_csv(path, nrows=nrows, header=0, names=names)
+    return pd.read_csv(path, nrows=nrows)
+
+
+def read_target_labels(folder: str | os.PathLike, target: str = "Pleural Effusion",
+                       frontal_only: bool = True):
+    """Training labels of a pretraining/target folder without opening images: the manifest of
+    CheXpert's train.csv, or of the whole NIH / labels CSV (``raw_label``: 1/0, as NIH and
+    labels CSVs have no uncertain or blank labels)."""
+    from mocoxr.data.chexpert import find_csv, read_chexpert_csv
+    from mocoxr.data.labels import read_labels
+    from mocoxr.data.nih import read_nih
+
+    fmt = detect_format(folder, "chexpert")
+    if fmt == "chexpert":
+        cdir = find_chexpert_dir(folder)
+        csv = find_csv(cdir, "train")
+        if csv is None:
+            raise FileNotFoundError(f"{cdir}: no train.csv or train.csv.gz")
+        return read_chexpert_csv(csv, target=target, uncertain_policy="ones",
+                                 frontal_only=frontal_only, check_images=False, image_root=cdir)
+    df = read_nih(folder, target, check_images=False) if fmt == "nih" else \
+        read_labels(folder, check_images=False)
+    if frontal_only and "view" in df.columns:
+        df = df[df["view"] != "lateral"]
+    return df.assign(raw_label=df["label"].astype(float))

@@ -123,6 +123,7 @@ def prepare_labels(folder: str | os.PathLike, out_dir: str | os.PathLike,
     """Labels-CSV manifest: train/val/test by patient (per image without a ``patient`` column),
     stratified by label; ``frontal_only`` drops rows whose ``view`` is lateral."""
     df = read_labels(folder, check_images=check_images)
+    df["raw_label"] = df["label"].astype(float)  # no uncertain labels: the label itself
     if frontal_only and "view" in df.columns:
         df = df[df["view"] != "lateral"].reset_index(drop=True)
     params = {"format": "labels", "csv": str(find_labels_csv(folder).resolve()),
