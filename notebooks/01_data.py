@@ -72,7 +72,7 @@ print("Shenzhen-format data:", shenzhen_folder,
 # %%
 from mocoxr import data
 
-display(data.formats.label_file_head(chexpert_folder))  # CheXpert's train.csv, or NIH's / a labels CSV
+display(data.formats.label_file_head(chexpert_folder))  # train.csv, or NIH / labels CSV
 
 # %% [markdown]
 # ## Uncertain labels

@@ -57,12 +57,12 @@ root = notebook.run_paths(run_dir).data / "own"
 examples = own_data.example_folders(root, n_patients, image_size, seed)
 options = {"fractions": [0.5, 1.0], "draws": [2, 1]}
 for name, (role, folder) in examples.items():
-    fmt, manifest = own_data.manifest_preview(role, folder, root / "manifests" / folder.name,
-                                              options, seed)
+    out = root / "manifests" / folder.name
+    fmt, manifest = own_data.manifest_preview(role, folder, out, options, seed)
     display(Markdown(f"### {name}\n\nThe folder (detected: **{fmt}**):"))
     print(own_data.folder_listing(folder))
-    display(Markdown(f"The command: `{own_data.command(role, 'path/to/' + folder.name)}`. "
-                     "The first rows of the manifest it becomes:"))
+    cmd = own_data.command(role, "path/to/" + folder.name)
+    display(Markdown(f"The command: `{cmd}`. The first rows of the manifest it becomes:"))
     display(manifest)
 
 # %% [markdown]
@@ -85,7 +85,8 @@ display(labels)
 # %%
 shown, titles = [], []
 for name, (role, folder) in examples.items():
-    m = data.prepare_dataset(role, folder, root / "manifests" / folder.name, options, seed).manifest
+    m = data.prepare_dataset(role, folder, root / "manifests" / folder.name, options,
+                             seed).manifest
     for r in range(2):
         shown.append(data.decode_image(m["path"].iloc[r], image_size))
         titles.append(f"{name.split(' (')[0]}\n{m['path'].iloc[r].rsplit('/', 1)[-1]}")
