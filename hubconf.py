@@ -2,10 +2,13 @@
 
     model = torch.hub.load("path/to/mocoxr", "moco_resnet18", source="local",
                            weights="runs/quick/checkpoints/moco_resnet18_<key>/backbone.pt")
-    scores = model(model.preprocess(images))  # images: gray uint8 (B, H, W) or float in [0, 1]
+    emb = model(model.preprocess(images))  # images: gray uint8 (B, H, W) or float in [0, 1]
+    # emb: (B, 512) embeddings for ResNet18 (2048 ResNet50, 1024 DenseNet121)
 
-Same as ``mocoxr.load_backbone(weights)``: a torchvision model in eval mode with its model card
-(``model.card``) and the card's preprocessing (``model.preprocess``).
+Same as ``mocoxr.load_backbone(weights)``: a torchvision model in eval mode, its classifier
+replaced by Identity (embeddings), with its model card (``model.card``, ``embedding_dim``) and
+the card's preprocessing (``model.preprocess``). ``head="classifier"`` returns the plain
+torchvision classifier for fine-tuning (its 1000-class layer is a placeholder to replace).
 """
 
 dependencies = ["torch", "torchvision", "numpy"]

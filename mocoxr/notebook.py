@@ -89,16 +89,17 @@ def load_dataset(
     options: dict | None = None,
     seed: int = 0,
 ) -> Dataset:
-    """Prepare ``chexpert`` or ``shenzhen`` (manifests reused when unchanged), decode its images
+    """Prepare ``chexpert`` (the pretraining/target data: CheXpert, NIH or a labels CSV) or
+    ``shenzhen`` (the transfer data: Shenzhen, Montgomery or a labels CSV), in the format
+    :func:`mocoxr.data.prepare_dataset` detects (manifests reused when unchanged), decode its images
     once into ``<run_dir>/cache/<name>_<size>px.npy`` and compute mean/std on the train split.
     ``options``: keyword arguments of ``data.prepare_chexpert``/``prepare_shenzhen``."""
     from mocoxr import data
 
     paths = run_paths(run_dir)
-    prepare = {"chexpert": data.prepare_chexpert, "shenzhen": data.prepare_shenzhen}
-    if name not in prepare:
+    if name not in data.formats.ROLES:
         raise ValueError(f"dataset name must be 'chexpert' or 'shenzhen', got {name!r}")
-    prepared = prepare[name](folder, paths.manifests, seed=seed, **(options or {}))
+    prepared = data.prepare_dataset(name, folder, paths.manifests, options, seed=seed)
     images = data.load_image_cache(
         prepared.manifest["path"].tolist(), image_size, paths.cache / f"{name}_{image_size}px.npy"
     )
@@ -114,19 +115,15 @@ def uncertain_policy_counts(
 
     Returns ``(raw, by_policy)``: the counts of raw labels (positive 1, negative 0, uncertain -1,
     blank) in ``train.csv``, and per policy (``ones``, ``zeros``, ``ignore``) the resulting
-    positives, negatives and dropped images. Labels only; images are not opened.
+    positives, negatives and dropped images. Labels only; images are not opened. NIH and
+    labels CSVs have no uncertain labels: every policy then gives the same labels.
     """
     import numpy as np
     import pandas as pd
 
     from mocoxr import data
 
-    cdir = data.find_chexpert_dir(folder)
-    csv = next((cdir / n for n in ("train.csv", "train.csv.gz") if (cdir / n).is_file()), None)
-    if csv is None:
-        raise FileNotFoundError(f"{cdir}: no train.csv or train.csv.gz")
-    df = data.read_chexpert_csv(csv, target=target, uncertain_policy="ones",
-                                frontal_only=frontal_only, check_images=False, image_root=cdir)
+    df = data.formats.read_target_labels(folder, target, frontal_only)
     raw = df["raw_label"]
     raw_counts = pd.DataFrame({
         "raw label": ["1 (positive)", "0 (negative)", "-1 (uncertain)", "blank"],

@@ -4,7 +4,13 @@ Every exported backbone ``<name>.pt`` (a plain torchvision state dict) gets a mo
 ``<name>.card.json`` beside it: backbone, input size, normalisation, recipe, data, steps,
 monitor AUCs, date, the ``mocoxr`` version and the sha256 of the weights file.
 
-``load_backbone(path)`` reads the card and returns the torchvision model in eval mode with
+``load_backbone(path)`` reads the card and returns the torchvision model in eval mode, as an
+**embedding model**: its classifier (``fc`` / ``classifier``) is replaced by ``Identity``, so
+``model(model.preprocess(images))`` gives the pooled features the linear probe reads, (B, 512)
+for ResNet18, (B, 2048) for ResNet50, (B, 1024) for DenseNet121 (``card["embedding_dim"]``).
+``load_backbone(path, head="classifier")`` returns the plain torchvision classifier instead,
+for fine-tuning: its 1000-class layer is an untrained placeholder kept for loading
+compatibility, to be replaced (e.g. ``model.fc = torch.nn.Linear(512, n_classes)``). Both have
 
 - ``model.card``: the card (a dict);
 - ``model.preprocess(images)``: the card's preprocessing. It takes gray images as uint8 (values
@@ -36,6 +42,8 @@ from mocoxr import __version__, keys, models, runtime, store
 __all__ = ["CARD_FIELDS", "card_path", "sha256_file", "make_card", "write_model_card",
            "read_model_card", "load_backbone", "Preprocess"]
 
+EMBEDDING_DIM = {"resnet18": 512, "resnet50": 2048, "densenet121": 1024}
+HEADS = ("embedding", "classifier")
 CARD_FIELDS = ("backbone", "weights_file", "format", "input_size", "input_channels",
                "normalisation", "recipe", "data", "steps", "monitor", "date",
                "mocoxr_version", "sha256")
@@ -78,6 +86,9 @@ def make_card(weights: str | Path, backbone: str, input_size: int, mean: float, 
         "format": f"plain torchvision state dict: torchvision.models.{backbone}().load_state_dict",
         "input_size": int(input_size),
         "input_channels": "3 (the gray image replicated)",
+        "embedding_dim": EMBEDDING_DIM[backbone],
+        "output": f"load_backbone: (B, {EMBEDDING_DIM[backbone]}) embeddings (classifier -> "
+                  "Identity); head='classifier': the torchvision model, 1000-class placeholder fc",
         "normalisation": {"mean": [float(mean)] * 3, "std": [float(std)] * 3,
                           "units": "pixel values scaled to [0, 1]"},
         "recipe": json.loads(json.dumps(dict(recipe or {}), default=str)),
@@ -196,15 +207,23 @@ def _input_check(pre: Preprocess):
 
 
 def load_backbone(path: str | Path, device: str | torch.device = runtime.DEFAULT_DEVICE,
-                  expect: str | None = None, check_inputs: bool = True) -> nn.Module:
-    """The exported backbone at ``path`` as a torchvision model in eval mode, with ``.card``,
-    ``.preprocess`` and (``check_inputs``) the forward input check (module docstring).
+                  expect: str | None = None, check_inputs: bool = True,
+                  head: str = "embedding") -> nn.Module:
+    """The exported backbone at ``path`` in eval mode, with ``.card``, ``.preprocess`` and
+    (``check_inputs``) the forward input check (module docstring). ``head="embedding"``: the
+    classifier replaced by Identity, output (B, card["embedding_dim"]); ``"classifier"``: the
+    plain torchvision model (placeholder 1000-class head, to replace for fine-tuning).
     ``expect``: the backbone name the caller requires (e.g. hubconf's ``moco_resnet18``)."""
+    if head not in HEADS:
+        raise ValueError(f"head={head!r}; expected one of {HEADS}")
     card = read_model_card(path)
     if expect is not None and card["backbone"] != expect:
         raise ValueError(f"{path} holds a {card['backbone']} (model card), not a {expect}")
     device = runtime.resolve_device(device)
     model = models.create_backbone(card["backbone"], init=Path(path)).eval().to(device)
+    card.setdefault("embedding_dim", models.feature_dim(model))  # cards written before the field
+    if head == "embedding":
+        model = models.encoder(model).eval()
     norm = card["normalisation"]
     model.card = card
     model.preprocess = Preprocess(card["input_size"], norm["mean"][0], norm["std"][0], device)

@@ -26,9 +26,9 @@
 
 # %% tags=["parameters"]
 run_dir = "../runs/interactive"  # run folder shared by all notebooks (the runner sets it)
-data_dir = None  # folder holding CheXpert-v1.0-small/ (or CheXpert-v1.0/); None: generate the embedded data
-shenzhen_dir = None  # folder holding CXR_png/ (Shenzhen); None: generate the embedded data
-phantom = {"n_patients": 600, "n_valid_patients": 600, "image_size": 128, "workers": 0}  # mocoxr.phantom.generate_chexpert_tree options
+data_dir = None  # CheXpert, NIH ChestX-ray14 or labels-CSV folder (format detected); None: generate the embedded data
+shenzhen_dir = None  # transfer data: Shenzhen, Montgomery or labels-CSV folder; None: generate the embedded data
+phantom = {"n_patients": 600, "n_valid_patients": 300, "image_size": 128, "workers": 0}  # mocoxr.phantom.generate_chexpert_tree options
 phantom_shenzhen = {"n_images": 662, "image_size": 128, "workers": 0}  # mocoxr.phantom.generate_shenzhen_tree options
 chexpert = {  # mocoxr.data.prepare_chexpert options
     "target": "Pleural Effusion",
@@ -65,14 +65,14 @@ print("Shenzhen-format data:", shenzhen_folder,
 #
 # CheXpert ships a `train.csv` and a `valid.csv` beside the image folders; each row is one image,
 # with a `Path`, the view (`Frontal/Lateral`) and 14 observations coded `1` (positive),
-# `0` (negative), `-1` (uncertain) or blank (not mentioned). The first rows of `train.csv`:
+# `0` (negative), `-1` (uncertain) or blank (not mentioned). The first rows of `train.csv`
+# (other formats, NIH ChestX-ray14 or a labels CSV, show their own label file: see
+# [Your own data](09_own_data.ipynb)):
 
 # %%
 from mocoxr import data
 
-cdir = data.find_chexpert_dir(chexpert_folder)
-train_csv = next(cdir / n for n in ("train.csv", "train.csv.gz") if (cdir / n).is_file())
-display(pd.read_csv(train_csv, nrows=6))
+display(data.formats.label_file_head(chexpert_folder))  # train.csv, or NIH / labels CSV
 
 # %% [markdown]
 # ## Uncertain labels

@@ -227,16 +227,15 @@ for name in ("knn", "linear"):
 # ## Loading the exported backbone
 #
 # Beside the weights the run writes a model card, and `mocoxr.load_backbone` returns the
-# torchvision model in eval mode with the card's preprocessing attached:
+# torchvision model in eval mode as an embedding model (the classifier replaced by the
+# identity: pooled features), with the card's preprocessing attached:
 
 # %%
 import mocoxr
-from mocoxr import models
 
 model = mocoxr.load_backbone(exported)
-features = models.encoder(model)  # the classifier dropped: pooled features
 with torch.no_grad():
-    emb = features(model.preprocess(ds.images[show]))  # gray uint8 images in
+    emb = model(model.preprocess(ds.images[show]))  # gray uint8 images in, embeddings out
 print(model.preprocess, "->", tuple(emb.shape))
 print({k: model.card[k] for k in ("backbone", "input_size", "steps", "mocoxr_version")})
 notebook.glue("exported_rel", str(exported.relative_to(paths.root)))
@@ -267,7 +266,8 @@ notebook.glue("tv_call", f"torchvision.models.{backbone}().load_state_dict("
 #   torchvision state dict with its model card beside it (`backbone.card.json`: input size,
 #   normalisation, recipe, data, steps, monitor AUCs, date, sha256). One line loads it ready
 #   to use, as the cell above does: `model = mocoxr.load_backbone(path)`, then
-#   `model(model.preprocess(images))` for gray images (uint8, or floats in [0, 1]);
+#   `model(model.preprocess(images))` gives the embeddings of gray images (uint8, or floats in
+#   [0, 1]); `head="classifier"` gives the plain torchvision classifier for fine-tuning;
 #   `torch.hub.load(repo, name, source="local", weights=path)` with name
 #   {glue:text}`hub_name` does the same, and {glue:text}`tv_call` loads the bare weights.
 # - Next: is this representation better than the baseline when labels are scarce?

@@ -62,7 +62,42 @@ def test_load_backbone_returns_the_weights_in_eval_mode(pretrained: Path):
     torch.testing.assert_close(inp[:, 2], expected)
     with torch.no_grad():
         out = model(inp)
-    assert out.shape == (2, 1000) and not torch.allclose(out[0], out[1])
+    assert out.shape == (2, 512) and not torch.allclose(out[0], out[1])  # embeddings
+    assert model.card["embedding_dim"] == 512 and "(B, 512)" in model.card["output"]
+    clf = mocoxr.load_backbone(pretrained, head="classifier")  # for fine-tuning
+    assert isinstance(clf.fc, torch.nn.Linear) and clf.fc.out_features == 1000
+    with torch.no_grad():
+        assert clf(inp).shape == (2, 1000)
+    with pytest.raises(ValueError, match="head="):
+        mocoxr.load_backbone(pretrained, head="logits")
+
+
+def test_embeddings_give_the_linear_probes_auc(pretrained: Path, tmp_path: Path):
+    """A logistic regression fitted on load_backbone's embeddings of the embedded (phantom)
+    data scores the test images as the package's linear probe does (AUC within 0.01)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from mocoxr import data, phantom, probe
+    from mocoxr.evaluate import roc_auc
+
+    folder = phantom.generate_chexpert_tree(tmp_path, n_patients=60, n_valid_patients=40,
+                                            image_size=40).parent
+    prep = data.prepare_chexpert(folder, tmp_path / "m", fractions=[1.0], draws=[1])
+    images = data.load_image_cache(prep.manifest["path"].tolist(), SIZE, tmp_path / "c.npy")
+    train, test = prep.rows("train"), prep.rows("test")
+    y_train, y_test = prep.labels(train), prep.labels(test)
+    encoder = models.encoder(models.create_backbone("resnet18", init=pretrained)).eval()
+    feats = probe.extract_features(encoder, images, np.arange(len(images)), MEAN, STD, SIZE)
+    probe_auc = roc_auc(y_test, probe.linear_probe(feats[train], y_train, feats[test], C=1.0))
+    model = mocoxr.load_backbone(pretrained)
+    with torch.no_grad():
+        emb = model(model.preprocess(np.array(images))).numpy()
+    assert emb.shape == (len(images), 512)
+    lr = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
+    user_auc = roc_auc(y_test, lr.fit(emb[train], y_train).predict_proba(emb[test])[:, 1])
+    assert abs(user_auc - probe_auc) <= 0.01 and 0.0 < probe_auc < 1.0
 
 
 def test_documented_conversions_give_the_same_input(pretrained: Path):
@@ -125,6 +160,9 @@ def test_torch_hub_local_loads_resnet18_and_densenet121(pretrained: Path, tmp_pa
                              steps=0, log=pd.DataFrame({"knn_auc": [0.5]}))
     hub = torch.hub.load(str(ROOT), "moco_densenet121", source="local", weights=str(path))
     assert isinstance(hub, torchvision.models.DenseNet)
+    x = np.random.default_rng(4).integers(0, 255, (2, SIZE, SIZE), dtype=np.uint8)
+    with torch.no_grad():
+        assert hub(hub.preprocess(x)).shape == (2, 1024) and hub.card["embedding_dim"] == 1024
     assert torch.equal(hub.features.conv0.weight, dense.features.conv0.weight)
     with pytest.raises(ValueError, match="not a resnet18"):
         torch.hub.load(str(ROOT), "moco_resnet18", source="local", weights=str(path))

@@ -2,7 +2,7 @@
 
 Command line::
 
-    python -m mocoxr.book run    --profile quick [--data-dir D] [--shenzhen-dir D] [--run-dir D]
+    python -m mocoxr.book run    --profile quick [--data-dir D] [--transfer-dir D] [--run-dir D]
                                  [--force] [--seeds N ...] [--log-output]
     python -m mocoxr.book build  --profile quick [--run-dir D] [--output D] [--allow-stale]
     python -m mocoxr.book status --profile quick
@@ -27,14 +27,21 @@ COMMANDS = [("run", "execute a profile's notebooks with papermill"),
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The data folders given on the command line (each must exist)."""
+    """The data folders given on the command line (each must exist and hold a format it reads:
+    :func:`mocoxr.data.detect_format`)."""
+    from mocoxr.data.formats import OPTIONS, detect_format
+
     out: dict[str, Any] = {}
-    for name in ("data_dir", "shenzhen_dir"):
+    for name, flag in (("data_dir", "--data-dir"), ("shenzhen_dir", "--transfer-dir")):
         v = getattr(args, name, None)
         if v is not None:
             p = Path(v).expanduser().resolve()
             if not p.exists():
-                raise FileNotFoundError(f"--{name.replace('_', '-')} {v}: no such folder")
+                raise FileNotFoundError(f"{flag} {v}: no such folder")
+            try:
+                detect_format(p, OPTIONS[name])
+            except FileNotFoundError as exc:
+                raise FileNotFoundError(f"{flag} {exc}") from None
             out[name] = str(p)
     return out
 
@@ -49,8 +56,12 @@ def parser() -> argparse.ArgumentParser:
             continue
         p.add_argument("--profile", default="quick", help="packaged profile name or a YAML file (default: quick)")
         p.add_argument("--run-dir", type=Path, help="run folder (default: runs/<profile>)")
-        p.add_argument("--data-dir", help="folder holding CheXpert-v1.0-small/ (default: generate the embedded data)")
-        p.add_argument("--shenzhen-dir", help="folder holding the Shenzhen CXR_png/ (default: generate)")
+        p.add_argument("--data-dir", help="pretraining/target data: CheXpert (CheXpert-v1.0-small/), NIH "
+                       "ChestX-ray14 (Data_Entry_2017*.csv) or a labels CSV folder, detected from "
+                       "the files (default: generate the embedded data)")
+        p.add_argument("--transfer-dir", "--shenzhen-dir", dest="shenzhen_dir",
+                       help="transfer data: Shenzhen (CXR_png/), Montgomery (MCUCXR_*.png) or a "
+                            "labels CSV folder (default: generate); --shenzhen-dir is an alias")
         if name == "run":
             p.add_argument("--force", action="store_true", help="rerun every notebook even if up to date")
             p.add_argument("--seeds", type=int, nargs="+", metavar="N",

@@ -2,7 +2,9 @@
 
 Row ``i`` of a cache is ``paths[i]``, so a cache built from a manifest's ``path`` column is
 row-aligned with the manifest. Images are gray: 8-bit RGB with equal channels is read as gray,
-other colour images as luminance (ITU-R 601-2), 16-bit gray is scaled by 1/257. Resizing
+other colour images as luminance (ITU-R 601-2), 16-bit gray is scaled by 1/257 (by 255/4095 when
+no value exceeds 4095: 12-bit data in a 16-bit PNG, as in the Montgomery set), DICOM goes
+through :func:`mocoxr.data.dicom.read_dicom` (VOI, MONOCHROME1 inverted). Resizing
 follows the paper's torchvision pipeline: shorter side to ``size`` (bilinear, antialiased),
 then a centre crop to ``size x size``.
 """
@@ -22,6 +24,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from mocoxr import store
+from mocoxr.data.dicom import is_dicom, read_dicom
 
 _FORMAT_VERSION = 1
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
@@ -33,7 +36,8 @@ def _to_gray(im: Image.Image) -> Image.Image:
     if im.mode == "L":
         return im
     if im.mode in _SIXTEEN_BIT:
-        a = np.asarray(im, dtype=np.float64) / 257.0
+        a = np.asarray(im, dtype=np.float64)
+        a = a * (255.0 / 4095.0) if a.max() <= 4095 else a / 257.0
         return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
     if im.mode == "LA":
         return im.getchannel("L")
@@ -57,6 +61,7 @@ def _resize_crop(im: Image.Image, size: int) -> np.ndarray:
 def decode_image(path: str | os.PathLike, size: int) -> np.ndarray:
     """Decode one image to a gray uint8 ``(size, size)`` array (shorter side, centre crop).
 
+    DICOM files (``.dcm`` or the ``DICM`` magic) are read with pydicom (module docstring).
     Raises FileNotFoundError for a missing file and ValueError naming the file when it cannot
     be decoded (corrupt, truncated, not an image). JPEGs are decoded at reduced scale
     (PIL ``draft``) when they are at least twice ``size``.
@@ -66,6 +71,8 @@ def decode_image(path: str | os.PathLike, size: int) -> np.ndarray:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: image file does not exist")
+    if is_dicom(path):
+        return _resize_crop(Image.fromarray(read_dicom(path), "L"), int(size))
     try:
         with Image.open(path) as im:
             if im.format == "JPEG":

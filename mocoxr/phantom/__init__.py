@@ -8,6 +8,9 @@ image, and writes the same on-disk trees the real datasets ship as:
   with the real 19 columns, labels 1.0 / 0.0 / -1.0 / blank in proportions close to the real
   ``train.csv`` (``valid.csv``: consensus-read 1.0 / 0.0 labels, distinct patients from 64541);
 - :func:`generate_shenzhen_tree`: ``CXR_png/CHNCXR_NNNN_L.png`` (about half tuberculosis);
+- :func:`generate_nih_tree`, :func:`generate_montgomery_tree` and :func:`generate_labels_tree`
+  (modules ``formats`` and ``labelled``): NIH ChestX-ray14, Montgomery (16-bit PNGs) and a
+  labelled folder (``labels.csv`` over PNG, JPEG or DICOM MONOCHROME1/MONOCHROME2);
 - :func:`render_radiograph`: the single-image renderer (frontal or lateral);
 - :func:`effusion_masks`: where a tree's images show their effusion (saliency ground truth).
 
@@ -28,6 +31,8 @@ the shared frame and chest geometry), ``frontal`` and ``findings`` (the frontal 
 ``render`` (one image), ``trees`` (the on-disk trees), ``masks`` (effusion ground truth).
 """
 
+from mocoxr.phantom.formats import generate_montgomery_tree, generate_nih_tree
+from mocoxr.phantom.labelled import generate_labels_tree
 from mocoxr.phantom.masks import effusion_masks
 from mocoxr.phantom.population import DEFAULT_POPULATION, PhantomPopulation, make_population
 from mocoxr.phantom.records import sample_chexpert_records, sample_shenzhen_records
@@ -40,6 +45,9 @@ __all__ = [
     "PhantomPopulation",
     "effusion_masks",
     "generate_chexpert_tree",
+    "generate_labels_tree",
+    "generate_montgomery_tree",
+    "generate_nih_tree",
     "generate_shenzhen_tree",
     "make_population",
     "render_radiograph",
