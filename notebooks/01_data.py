@@ -28,7 +28,7 @@
 run_dir = "../runs/interactive"  # run folder shared by all notebooks (the runner sets it)
 data_dir = None  # CheXpert, NIH ChestX-ray14 or labels-CSV folder (format detected); None: generate the embedded data
 shenzhen_dir = None  # transfer data: Shenzhen, Montgomery or labels-CSV folder; None: generate the embedded data
-phantom = {"n_patients": 600, "n_valid_patients": 300, "image_size": 128, "workers": 0}  # mocoxr.phantom.generate_chexpert_tree options
+phantom = {"n_patients": 600, "n_valid_patients": 600, "image_size": 128, "workers": 0}  # mocoxr.phantom.generate_chexpert_tree options
 phantom_shenzhen = {"n_images": 662, "image_size": 128, "workers": 0}  # mocoxr.phantom.generate_shenzhen_tree options
 chexpert = {  # mocoxr.data.prepare_chexpert options
     "target": "Pleural Effusion",
