@@ -74,7 +74,9 @@ folder = notebook.chexpert_folder(run_dir, data_dir, phantom, seed=seed)
 ds = notebook.load_dataset(run_dir, "chexpert", folder, image_size, chexpert, seed=seed)
 backbones = {"moco": str(paths.moco_backbone(backbone)), baseline: baseline}
 fractions = finetune["fractions"] or chexpert["fractions"]
-keep = (min(fractions), max(fractions))  # models kept for Grad-CAM and calibration
+# models kept for the saliency section (1% and 100%, where present) and calibration (ends)
+keep = tuple(sorted({min(fractions), max(fractions)}
+                    | {f for f in fractions if np.isclose(f, 0.01)}))
 
 # %% [markdown]
 # ## Fine-tune every (init, label fraction, draw)
