@@ -87,17 +87,19 @@ def counterfactual_images(chexpert_folder: str | Path, paths: Sequence[str],
 
 def logits(model: nn.Module, images: np.ndarray, mean: float, std: float, image_size: int,
            batch_size: int = 64) -> np.ndarray:
-    """The one-logit model's logits for uint8 images ``(N, S, S)``, preprocessed as for
-    evaluation."""
-    from mocoxr import saliency
+    """The one-logit model's logits for uint8 images ``(N, S, S)``, preprocessed and in the
+    precision of evaluation (``finetune.predict``)."""
+    from mocoxr import runtime, saliency
 
     model.eval()
     device = next(model.parameters()).device
+    amp = runtime.use_amp("auto", device)
     out = []
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
             x = saliency.model_inputs(images[i:i + batch_size], mean, std, image_size)
-            out.append(model(x.to(device)).reshape(-1).float().cpu())
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                out.append(model(x.to(device)).reshape(-1).float().cpu())
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
 
 

@@ -28,6 +28,7 @@ RESULTS_COLUMNS = [
 DELTAS_COLUMNS = [
     "experiment", "backbone", "label_fraction", "comparison", "delta", "ci_low", "ci_high",
 ]
+OPTIONAL_COLUMNS = {"n_steps"}  # empty where it does not apply (a linear probe has no steps)
 RESULTS_KEY = ["experiment", "backbone", "init", "label_fraction", "draw"]
 MEAN_DRAW = -1  # the ``draw`` of the draw-averaged row of each (experiment, backbone, init, fraction)
 DELTAS_KEY = ["experiment", "backbone", "label_fraction", "comparison"]
@@ -160,7 +161,7 @@ def upsert_rows(
 def _upsert_locked(csv_path: Path, rows: list[dict], columns: Sequence[str],
                    key: Sequence[str]) -> pd.DataFrame:
     new = pd.DataFrame(rows)
-    missing = [c for c in columns if c not in new.columns]
+    missing = [c for c in columns if c not in new.columns and c not in OPTIONAL_COLUMNS]
     if len(new) and missing:
         raise ValueError(f"rows for {csv_path.name} lack columns {missing}; expected {list(columns)}")
     new = new.reindex(columns=list(columns))

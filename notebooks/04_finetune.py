@@ -96,8 +96,10 @@ dl = dl[dl["label_fraction"].isin(res["label_fraction"].unique())]
 summary = tables.mean_rows(res, "finetune", backbone)
 display(summary.pivot(index="label_fraction", columns="init", values="auc")
         .style.format("{:.3f}"))
-steps = res[res["draw"] != evaluate.MEAN_DRAW].groupby("label_fraction").agg(
-    draws=("draw", "nunique"), labelled=("n_train", "mean"), fewest_steps=("n_steps", "min"))
+per_draw = res[res["draw"] != evaluate.MEAN_DRAW]
+steps = per_draw.groupby("label_fraction").agg(draws=("draw", "nunique"),
+                                               labelled=("n_train", "mean"),
+                                               fewest_steps=("n_steps", "min"))
 display(steps.style.format({"labelled": "{:.0f}"}))
 
 # %% [markdown]

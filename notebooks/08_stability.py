@@ -109,8 +109,9 @@ for tag, exp, f in shown:
     notebook.glue(f"{tag}_frac", tables.pct(f))
     notebook.glue(tag, "not run" if r is None else
                   tables.fmt_ci(r["delta"], r["ci_low"], r["ci_high"], signed=True))
-    notebook.glue(f"{tag}_verdict", "not run" if r is None else tables.cell_verdict(
-        r["ci_low"], r["ci_high"], tables.paper_effect(tables.paper_results(), exp, backbone, f)))
+    effect = tables.paper_effect(tables.paper_results(), exp, backbone, f)
+    notebook.glue(f"{tag}_verdict", "not run" if r is None else
+                  tables.cell_verdict(r["ci_low"], r["ci_high"], effect))
 for init, tag in (("moco", "moco"), (baseline, "base")):
     notebook.glue(f"sz_ft_{tag}",
                   seeds.auc_range(results, "shenzhen_finetune", backbone, init, 1.0))

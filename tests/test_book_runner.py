@@ -237,7 +237,7 @@ def test_shenzhen_settings_do_not_restale_the_chexpert_steps(tmp_path: Path):
         assert all(base[s] == new[s] for s in chexpert_steps)
     new = _keys(tmp_path, {"chexpert": {"uncertain_policy": "zeros"}})
     # 05 needs the pretrained backbone; the stability page reads only the pooled seeds tables
-    assert [s for s in base if base[s] == new[s]] == ["08_stability"]
+    assert [s for s in base if base[s] == new[s]] == ["08_stability", "09_own_data"]  # 09 writes its own examples
 
 
 def test_run_keys_hold_no_run_folder_or_data_folder_path(tmp_path: Path):
