@@ -26,6 +26,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.metrics import roc_curve
 
 from mocoxr import augment, evaluate, plots, tables
 
@@ -99,11 +100,12 @@ class Explorer:
 
 
 def _dropdown(description: str, options: list, value: Any = None):
+    """A dropdown of ``options`` (values, or (label, value) pairs), at ``value`` or the first."""
     import ipywidgets as widgets
 
+    first = options[0][1] if isinstance(options[0], tuple) else options[0]
     return widgets.Dropdown(description=description, options=options,
-                            value=value if value is not None else options[0][1]
-                            if isinstance(options[0], tuple) else options[0],
+                            value=first if value is None else value,
                             style={"description_width": "initial"})
 
 
@@ -364,7 +366,7 @@ def model_card(run: ModelRun, init: str, fraction: float, draw: int = 0, image: 
                              width_ratios=[1.3] + [1] * (ncols - 1), squeeze=False,
                              layout="constrained")
     axes = axes[0]
-    fpr, tpr = _roc(y, scores)
+    fpr, tpr, _ = roc_curve(y, scores)
     axes[0].plot(fpr, tpr, color=plots.colour(init))
     axes[0].plot([0, 1], [0, 1], color="0.6", lw=0.8, ls=":")
     axes[0].set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1),
@@ -377,13 +379,6 @@ def model_card(run: ModelRun, init: str, fraction: float, draw: int = 0, image: 
     fig.suptitle(f"{run.experiment}: {init}, {tables.pct(fraction)} of labels, draw {int(draw)}",
                  fontsize=9)
     return fig
-
-
-def _roc(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.metrics import roc_curve
-
-    fpr, tpr, _ = roc_curve(y, scores)
-    return fpr, tpr
 
 
 def models(ds: Any, run_dir: str | Path, experiment: str, backbone: str,
