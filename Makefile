@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: book test setup clean
+.PHONY: book test setup clean publish
 
 $(STAMP): requirements.txt pyproject.toml notebooks/jupyterlab-overrides.json
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: $(STAMP)
 book: $(STAMP)
 	$(PY) -m mocoxr.book run --profile quick
 	$(PY) -m mocoxr.book build --profile quick
+
+# push the built site to the gh-pages branch of the origin remote (refused when stale)
+publish: $(STAMP)
+	$(PY) -m mocoxr.book publish --profile quick
 
 clean:
 	rm -rf _build runs/quick

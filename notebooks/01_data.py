@@ -162,6 +162,17 @@ fig = plots.image_grid([ds.images[r] for r in pick], titles, ncols=6,
 plt.show()
 
 # %% [markdown]
+# **Browse the images.** Pick a split, a label and a view, and move the slider: the image
+# beside its manifest row (patient, study, view, the raw label in the CSV and the label after
+# the uncertain policy). In a live kernel the controls redraw it; here the first training
+# image is shown.
+
+# %% tags=["explorer"]
+from mocoxr import explore
+
+explore.images(ds)
+
+# %% [markdown]
 # ## Label fractions
 #
 # The paper trains on 0.1%, 1%, 10% and 100% of the training labels, with several random draws

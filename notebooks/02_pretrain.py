@@ -103,6 +103,18 @@ fig = plots.augmented_views(augment.resize_batch(x, image_size).numpy(), view_q.
 plt.show()
 
 # %% [markdown]
+# **Try the augmentations.** Pick a training image and move the sliders for the smallest crop,
+# the largest rotation and the flip probability: the two views are drawn by the training code
+# itself (`augment.augment_batch`, its generator seeded by the seed and the step as in
+# `pretrain_step`), so each step shows what MoCo would compare for this image. In a live
+# kernel the controls redraw; here the pretraining settings at step 0 are shown.
+
+# %% tags=["explorer"]
+from mocoxr import explore
+
+explore.augmentations(ds, cfg)
+
+# %% [markdown]
 # ## The method in three pieces
 #
 # Before the loop, the three ideas it repeats, each run on a small batch.

@@ -160,6 +160,17 @@ fig = plots.roc_panels(curves)
 plt.show()
 
 # %% [markdown]
+# **Explore every probe.** Pick an init, a label fraction and a draw: its ROC curve on the
+# test set, with its AUC and 95% CI from `results.csv`. Nothing is retrained: the curve comes
+# from the saved test scores. In a live kernel the controls redraw; here the first selection
+# is shown.
+
+# %% tags=["explorer"]
+from mocoxr import explore
+
+explore.models(ds, run_dir, "linear", backbone)
+
+# %% [markdown]
 # ## Summary
 #
 # - Linear probe on frozen {glue:text}`backbone_name` features: MoCo minus

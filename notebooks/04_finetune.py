@@ -179,6 +179,17 @@ fig = plots.roc_panels(curves)
 plt.show()
 
 # %% [markdown]
+# **Explore every fine-tuned model.** Pick an init, a label fraction and a draw: its ROC curve
+# with its AUC and 95% CI, and for a test image (effusion-positive ones first) the Grad-CAM
+# of the models the run kept beside the phantom's true effusion region. In a live kernel the
+# controls redraw; here the first selection is shown.
+
+# %% tags=["explorer"]
+from mocoxr import explore
+
+explore.models(ds, run_dir, "finetune", backbone, folder if data_dir is None else None)
+
+# %% [markdown]
 # ## Where the fine-tuned models look
 #
 # A saliency map marks the pixels that the model's score depends on. Two kinds are computed

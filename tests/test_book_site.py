@@ -37,6 +37,9 @@ def executed_notebook(path: Path, run_dir: Path, data_dir: str) -> Path:
         nbformat.v4.new_output("display_data", data={
             site.WIDGET_MIME: {"model_id": "abc"}, "text/plain": "  0%|   | 0/3"}),
         nbformat.v4.new_output("display_data", data={"image/png": "iVBORw0KGgo="}),
+        nbformat.v4.new_output("display_data", data={  # an explorer: widget + static figure
+            site.WIDGET_MIME: {"model_id": "def"}, "image/png": "iVBORw0KGgoA",
+            "text/plain": "Explorer"}),
     ]
     nb.cells = [nbformat.v4.new_markdown_cell("# A page"), inj, work]
     nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
@@ -64,7 +67,8 @@ def test_staged_notebook_shows_relative_paths_and_narrow_parameters(tmp_path: Pa
     out = "".join(work["outputs"][0]["text"])
     assert out.startswith("-> checkpoints/backbone.pt in runs/quick\n")
     assert "data <data_dir>/train.csv, code mocoxr/train.py" in out
-    assert len(work["outputs"]) == 2 and "image/png" in work["outputs"][1]["data"]  # no widget
+    assert len(work["outputs"]) == 3 and "image/png" in work["outputs"][1]["data"]  # no widget
+    assert set(work["outputs"][2]["data"]) == {"image/png", "text/plain"}  # figure kept
     assert "widgets" not in nb["metadata"]
     assert os.stat(dest).st_mtime == 1_000_000  # Sphinx sees an unchanged notebook as such
 

@@ -27,7 +27,7 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 # Declared, used, but never imported by the package: what each one is for.
 RUNTIME_ONLY = {
     "ipykernel": "the kernel papermill executes the notebooks in",
-    "ipywidgets": "tqdm.auto progress bars render as widgets in the notebooks",
+    "ghp-import": "python -m mocoxr.book publish runs it in a subprocess",
     "jupyter-book": "the site build runs its command line in a subprocess",
     "sphinx-mathjax-offline": "the Sphinx extension _config.yml names (MathJax without a CDN)",
 }

@@ -6,6 +6,7 @@ any file of the site."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -18,6 +19,12 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_PAGES = [f"book/executed/{n}.html" for n in
                   ("01_data", "02_pretrain", "03_linear_probe", "04_finetune", "05_shenzhen",
                    "06_results")]
+EXPLORER_PAGES = NOTEBOOK_PAGES[:4]  # chapters 01-04 end a section with an explorer
+# per explorer cell (tag "explorer"): its loaded images, and whether it shows a widget's text
+EXPLORER_PROBE = """JSON.stringify([...document.querySelectorAll('div.tag_explorer')].map(c => ({
+  images: [...c.querySelectorAll('.cell_output img')]
+    .filter(i => i.complete && i.naturalWidth > 100).length,
+  widget: /VBox|Explorer:|widget/.test(c.querySelector('.cell_output')?.innerText || '')})))"""
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +87,25 @@ def test_the_check_catches_a_broken_site(tiny, browser, tmp_path):
                      "image does not load", "broken link", "no element with id 'no-such-id'",
                      "gone.js"):
         assert expected in found, found
+
+
+def explorer_cells(html_dir: Path, browser: str, pages: list[str]) -> dict[str, list[dict]]:
+    """What each page's explorer cells show in Chromium (see EXPLORER_PROBE)."""
+    server, base = sitecheck.serve(html_dir)
+    chrome = sitecheck.Browser(browser)
+    try:
+        out = {}
+        for page in pages:
+            chrome.open(base + page)
+            out[page] = json.loads(chrome.evaluate(EXPLORER_PROBE))
+        return out
+    finally:
+        chrome.close()
+        server.shutdown()
+
+
+def test_each_explorer_cell_shows_its_default_figure(tiny, browser):
+    """Without a kernel the page shows the explorer's figure of the default selection (not an
+    empty widget, nor the widget's text)."""
+    found = explorer_cells(tiny[2].parent, browser, EXPLORER_PAGES)
+    assert found == {page: [{"images": 1, "widget": False}] for page in EXPLORER_PAGES}, found

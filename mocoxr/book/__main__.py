@@ -7,6 +7,7 @@ Command line::
     python -m mocoxr.book build  --profile quick [--run-dir D] [--output D] [--allow-stale]
     python -m mocoxr.book status --profile quick
     python -m mocoxr.book check
+    python -m mocoxr.book publish --profile quick [--site D] [--remote origin] [--branch gh-pages]
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from mocoxr.book import paths, runner, site
+from mocoxr.book import paths, publish, runner, site
 from mocoxr.book.ipynb import pairing_problems
 from mocoxr.book.profile import ProfileError
 
 COMMANDS = [("run", "execute a profile's notebooks with papermill"),
             ("build", "build the Jupyter Book site from a profile's executed notebooks"),
             ("status", "list a profile's runs and whether they are up to date"),
-            ("check", "check that every notebooks/*.py has an in-sync .ipynb")]
+            ("check", "check that every notebooks/*.py has an in-sync .ipynb"),
+            ("publish", "push the built site to the gh-pages branch of a git remote (ghp-import)")]
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -72,6 +74,10 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--output", type=Path, help="folder that receives _build/ (default: project root)")
             p.add_argument("--allow-stale", action="store_true",
                            help="publish stale notebooks, marked as stale on their pages")
+        if name == "publish":
+            p.add_argument("--site", type=Path, help="the built site (default: _build/html)")
+            p.add_argument("--remote", default="origin", help="git remote to push to (default: origin)")
+            p.add_argument("--branch", default="gh-pages", help="branch to write (default: gh-pages)")
     return ap
 
 
@@ -98,6 +104,10 @@ def _command(args: argparse.Namespace) -> int:
         site.build_site(args.profile, args.run_dir, args.output, overrides=_overrides(args),
                         allow_stale=args.allow_stale)
         return 0
+    if args.command == "publish":
+        publish.publish(args.profile, args.run_dir, args.site, args.remote, args.branch,
+                        overrides=_overrides(args))
+        return 0
     if args.command == "check":
         problems = pairing_problems(paths.project_root() / "notebooks")
         print("\n".join(problems) or "all notebook pairs in sync")
@@ -107,7 +117,7 @@ def _command(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m mocoxr.book COMMAND ...``: 0 on success, 1 when a run failed or is not up to
-    date, 2 on a bad profile, a missing folder or a refused build."""
+    date, 2 on a bad profile, a missing folder, a refused build or publication."""
     args = parser().parse_args(argv)
     try:
         return _command(args)

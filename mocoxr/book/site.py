@@ -9,7 +9,7 @@ running ``jupyter-book build`` on it (notebooks are not re-executed).
   parameters (``data_dir``...) become ``<data_dir>``, the home folder ``~``;
 - rewrites the injected-parameters cell within :data:`CODE_WIDTH` columns;
 - drops progress-bar widget outputs and the widget state (the site would load the widget
-  JavaScript from a CDN);
+  JavaScript from a CDN), and keeps an explorer's static figure without its widget view;
 
 and marks the pages of stale runs (``build --allow-stale``). :func:`time_page` writes the
 "where the time went" page from the executed notebooks' papermill metadata.
@@ -92,7 +92,16 @@ def format_parameters(parameters: dict[str, Any], width: int = CODE_WIDTH - 2) -
 
 
 def _visible(outputs: Iterable[dict]) -> list[dict]:
-    return [o for o in outputs if WIDGET_MIME not in o.get("data", {})]
+    """Outputs without their widget view: a widget's output is dropped, unless its bundle
+    also holds something to show without a kernel (an explorer's figure, ``image/png``)."""
+    out = []
+    for o in outputs:
+        data = o.get("data", {})
+        if WIDGET_MIME not in data:
+            out.append(o)
+        elif set(data) - {WIDGET_MIME, "text/plain"}:
+            out.append({**o, "data": {k: v for k, v in data.items() if k != WIDGET_MIME}})
+    return out
 
 
 def stage_notebook(src: Path, dest: Path, pairs: Sequence[tuple[str, str]]) -> None:
