@@ -156,7 +156,8 @@ def test_build_takes_the_run_lock(tmp_path: Path, capsys, monkeypatch):
     assert cli.main(["run", "--profile", str(path)]) == 0
     with store.run_lock(project / "runs" / "p"):
         assert cli.main(["build", "--profile", str(path), "--output", str(tmp_path / "out")]) == 2
-    assert "in use by another run" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "is in use by another" in err and f"pid {os.getpid()}" in err
     assert not (project / "runs" / "p" / "site").exists()
 
 

@@ -97,7 +97,15 @@ def _columns(name: str, table) -> list[str]:
     return list(known.get(name, table.columns))
 
 
-def current_rows(path: Path, key_of: Mapping[str, str]):
-    """The rows of the table at ``path`` that are current (for publishing)."""
-    table = _read(path)
-    return table[current_mask(table, key_of)].reindex(columns=_columns(Path(path).name, table))
+def write_current(src: Path, dest: Path, key_of: Mapping[str, str]) -> None:
+    """Write the current rows of the table at ``src`` to ``dest`` (byte for byte when every
+    row is current)."""
+    import shutil
+
+    table = _read(src)
+    keep = current_mask(table, key_of)
+    if len(table) and keep.all():
+        shutil.copy2(src, dest)
+        return
+    kept = table[keep].reindex(columns=_columns(Path(src).name, table))
+    store.atomic_write(dest, lambda fh: kept.to_csv(fh, index=False), mode="w")

@@ -267,8 +267,7 @@ def publish_tables(rd: RunPaths, into: Path, key_of: dict[str, str]) -> None:
     ``into`` (a table of another configuration is never published)."""
     for name in SITE_CSVS:
         if (rd.root / name).is_file():
-            table = rows.current_rows(rd.root / name, key_of)
-            store.atomic_write(Path(into) / name, lambda fh, t=table: t.to_csv(fh, index=False), mode="w")
+            rows.write_current(rd.root / name, Path(into) / name, key_of)
 
 
 def _jupyter_book(site: Path, output: Path, echo, quiet: bool) -> Path:
