@@ -96,7 +96,8 @@ def _status(args: argparse.Namespace) -> int:
 def _command(args: argparse.Namespace) -> int:
     if args.command == "run" and args.seeds:
         return runner.run_seeds(args.profile, args.run_dir, args.seeds, _overrides(args),
-                                force=args.force, log_output=args.log_output)
+                                force=args.force, log_output=args.log_output,
+                                accept_data_change=args.accept_data_change)
     if args.command == "run":
         outcomes = runner.run_profile(args.profile, args.run_dir, _overrides(args),
                                       force=args.force, log_output=args.log_output,

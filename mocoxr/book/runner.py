@@ -336,7 +336,8 @@ def finished(outcomes: Sequence[Outcome]) -> bool:
 
 
 def run_seeds(profile: str | Path, run_dir: Path | None, seed_list: Sequence[int],
-              overrides: dict[str, Any], force: bool = False, log_output: bool = False) -> int:
+              overrides: dict[str, Any], force: bool = False, log_output: bool = False,
+              accept_data_change: bool = False) -> int:
     """``run --seeds ...``: the profile once per seed in ``<run_dir>/seed-<n>/`` (all but the
     stability page), the deltas pooled over seeds (:mod:`mocoxr.seeds`), then the stability
     page in ``run_dir``. Returns the command's exit status."""
@@ -348,7 +349,7 @@ def run_seeds(profile: str | Path, run_dir: Path | None, seed_list: Sequence[int
 
     def run_one(seed: int, folder: Path) -> bool:
         return finished(run_profile(profile, folder, {**overrides, "seed": seed}, force=force,
-                                    log_output=log_output,
+                                    log_output=log_output, accept_data_change=accept_data_change,
                                     select=lambda r: r.notebook != STABILITY_NOTEBOOK))
 
     real_chexpert, real_shenzhen = "data_dir" in overrides, "shenzhen_dir" in overrides
@@ -360,5 +361,6 @@ def run_seeds(profile: str | Path, run_dir: Path | None, seed_list: Sequence[int
         return 1
     # the page that reads the pooled tables, in the base folder (its input just changed)
     outcomes = run_profile(profile, base, overrides, force=True, log_output=log_output,
+                           accept_data_change=accept_data_change,
                            select=lambda r: r.notebook == STABILITY_NOTEBOOK)
     return 0 if all(o.status == "ran" for o in outcomes) else 1
