@@ -25,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"\nerror: unknown command {args[0]!r}; expected one of {sorted(COMMANDS)}",
                   file=sys.stderr)
         return 0 if args and args[0] in ("-h", "--help") else 2
-    return int(importlib.import_module(COMMANDS[args[0]]).main(args[1:]) or 0)
+    return int(importlib.import_module(COMMANDS[args[0]]).main(args[1:], prog=f"mocoxr {args[0]}") or 0)
 
 
 if __name__ == "__main__":

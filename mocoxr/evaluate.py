@@ -12,6 +12,7 @@ the negatives below it (ties count one half), i.e. the Mann-Whitney statistic.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -21,12 +22,17 @@ import pandas as pd
 
 from mocoxr import store
 
+# which run wrote a row, and that run's key (notebook, parameters with the data fingerprints,
+# code, upstream keys: the pretraining that made the backbone); set by the book's runner
+PROVENANCE_COLUMNS = ["run", "run_key"]
+PROVENANCE_ENV = {"run": "MOCOXR_RUN", "run_key": "MOCOXR_RUN_KEY"}
 RESULTS_COLUMNS = [
     "experiment", "backbone", "init", "label_fraction", "draw",
-    "auc", "ci_low", "ci_high", "n_train", "n_test", "n_steps",
+    "auc", "ci_low", "ci_high", "n_train", "n_test", "n_steps", *PROVENANCE_COLUMNS,
 ]
 DELTAS_COLUMNS = [
     "experiment", "backbone", "label_fraction", "comparison", "delta", "ci_low", "ci_high",
+    *PROVENANCE_COLUMNS,
 ]
 OPTIONAL_COLUMNS = {"n_steps"}  # empty where it does not apply (a linear probe has no steps)
 RESULTS_KEY = ["experiment", "backbone", "init", "label_fraction", "draw"]
@@ -151,11 +157,18 @@ def upsert_rows(
 ) -> pd.DataFrame:
     """Add ``rows`` to the CSV table, replacing existing rows with the same ``key``; returns the table.
 
-    Reruns therefore update results instead of duplicating them.
+    Reruns therefore update results instead of duplicating them. When ``columns`` hold the
+    :data:`PROVENANCE_COLUMNS`, rows that lack them get them from :func:`provenance`.
     """
     csv_path = Path(csv_path)
+    tag = provenance() if set(PROVENANCE_COLUMNS) <= set(columns) else {}
     with store.file_lock(csv_path):  # another process may upsert into the same table
-        return _upsert_locked(csv_path, list(rows), columns, key)
+        return _upsert_locked(csv_path, [{**tag, **r} for r in rows], columns, key)
+
+
+def provenance() -> dict[str, str]:
+    """``{"run": ..., "run_key": ...}`` of the runner's run executing this code ("" outside one)."""
+    return {col: os.environ.get(env, "") for col, env in PROVENANCE_ENV.items()}
 
 
 def _upsert_locked(csv_path: Path, rows: list[dict], columns: Sequence[str],

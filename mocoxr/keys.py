@@ -94,7 +94,15 @@ def folder_fingerprint(folder: str | Path) -> str:
     folder = Path(folder).expanduser().resolve()
     if folder.is_file():
         return file_sha1(folder)
-    h = hashlib.sha256()
+    return listing_fingerprint(folder_listing(folder))
+
+
+def folder_listing(folder: str | Path) -> dict[str, list]:
+    """``{path relative to the folder: [size, SHA-1 of a small label file or None]}`` of every
+    file of a data folder (hidden files left out), in a fixed order: what
+    :func:`folder_fingerprint` hashes. An unreadable file (a broken link) raises OSError."""
+    folder = Path(folder).expanduser().resolve()
+    out: dict[str, list] = {}
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames.sort()
         for name in sorted(filenames):
@@ -102,9 +110,18 @@ def folder_fingerprint(folder: str | Path) -> str:
                 continue
             p = Path(dirpath) / name
             size = p.stat().st_size
-            h.update(f"{p.relative_to(folder).as_posix()}\0{size}\0".encode())
-            if size <= _SMALL_FILE and p.suffix in (".csv", ".gz", ".json", ".txt"):
-                h.update(file_sha1(p).encode())
+            small = size <= _SMALL_FILE and p.suffix in (".csv", ".gz", ".json", ".txt")
+            out[p.relative_to(folder).as_posix()] = [size, file_sha1(p) if small else None]
+    return out
+
+
+def listing_fingerprint(listing: dict[str, list]) -> str:
+    """The fingerprint of a :func:`folder_listing`."""
+    h = hashlib.sha256()
+    for rel, (size, digest) in listing.items():
+        h.update(f"{rel}\0{size}\0".encode())
+        if digest is not None:
+            h.update(digest.encode())
     return h.hexdigest()
 
 

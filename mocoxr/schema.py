@@ -90,6 +90,38 @@ def device(v: Any) -> str | None:
     return None if ok else "'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'"
 
 
+RECORDED_DIR = "book/recorded"  # where a profile may have a notebook write (project-relative)
+
+
+def project_path(under: str | None = None, suffix: str | None = None, none: bool = False) -> Checker:
+    """A relative path inside the project (no ``..``, not absolute), optionally under the
+    folder ``under`` and ending in ``suffix``; symbolic links are checked by :func:`escapes`."""
+    want = ("a relative path inside the project" + (f" under {under}/" if under else "")
+            + (f" ending in {suffix}" if suffix else "") + ", without '..'" + (" (or null)" if none else ""))
+
+    def check(v: Any) -> str | None:
+        if v is None and none:
+            return None
+        if not isinstance(v, str) or not v or v.startswith(("/", "~", "\\")) or re.match(r"^[A-Za-z]:", v):
+            return want
+        parts = [p for p in re.split(r"[\\/]+", v) if p not in ("", ".")]
+        if ".." in parts or (under and parts[:len(under.split("/"))] != under.split("/")) \
+                or (suffix and not v.endswith(suffix)):
+            return want
+        return None
+    return check
+
+
+def escapes(root: Any, value: str, under: str = RECORDED_DIR) -> bool:
+    """Whether project-relative ``value`` resolves (symbolic links followed) outside
+    ``<root>/<under>``."""
+    from pathlib import Path
+
+    base = (Path(root) / under).resolve()
+    target = (Path(root) / value).resolve()
+    return target != base and base not in target.parents
+
+
 FRACTION = number(0, 1, lo_open=True)
 FRACTIONS = list_of(FRACTION)
 DRAWS = list_of(integer(1))
@@ -114,8 +146,9 @@ PARAMETERS: dict[str, Checker | dict[str, Checker]] = {
     "shenzhen_dir": text(none=True),
     "embedding": choice("umap", "pca"),
     "embedding_max": integer(3),
-    "recorded": text(none=True),
-    "recorded_seeds": text(),
+    "recorded": project_path(none=True),
+    "recorded_seeds": project_path(),
+    "record": {"csv": project_path(RECORDED_DIR, ".csv", none=True), "command": text(none=True)},
     "phantom": {"n_patients": integer(2), "n_valid_patients": integer(1),
                 "image_size": integer(16, 4096), "workers": integer(0)},
     "phantom_shenzhen": {"n_images": integer(2), "image_size": integer(16, 4096), "workers": integer(0)},
@@ -140,6 +173,7 @@ PARAMETERS: dict[str, Checker | dict[str, Checker]] = {
                          "sanity_images": integer(1), "occlusion_grid": integer(1)},
 }
 PAIRED = {"chexpert": ("fractions", "draws"), "shenzhen": ("fractions", "draws")}
+OUTPUTS = {"record": "csv"}  # the parameters (and key) a notebook writes to: under RECORDED_DIR
 
 
 def _like_default(value: Any, default: Any) -> str | None:

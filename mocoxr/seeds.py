@@ -43,8 +43,9 @@ __all__ = ["POOLED_COLUMNS", "seed_dir", "pooled_interval", "pool_deltas", "pool
            "pool_seed_folders", "read_pooled", "find_pooled", "verdict", "pooled_table", "pooled_row",
            "auc_range", "run_seeds"]
 
-POOLED_COLUMNS = [*evaluate.DELTAS_COLUMNS, "n_seeds", "seed_sd"]
-PER_SEED_COLUMNS = ["seed", *evaluate.DELTAS_COLUMNS]
+DELTA_VALUES = [c for c in evaluate.DELTAS_COLUMNS if c not in evaluate.PROVENANCE_COLUMNS]
+POOLED_COLUMNS = [*DELTA_VALUES, "n_seeds", "seed_sd"]
+PER_SEED_COLUMNS = ["seed", *DELTA_VALUES]
 _Z = float(stats.norm.ppf(0.975))
 
 

@@ -12,12 +12,14 @@ Cases:
   resumed; the exported backbone must equal the uninterrupted run's bit for bit;
 - read-only: a run into a folder on a read-only tmpfs (where one can be mounted) must fail
   with one StorageError line naming the folder;
+- configuration and stopping (``tests/fault_config.py``): a profile changed three ways, a changed
+  data folder, build of a read-only run folder, SIGINT and SIGTERM mid-run, profile path escapes;
 - disk full: on a small tmpfs (mounted when this machine allows it, otherwise simulated with
   ENOSPC), an upsert into results.csv and a checkpoint save must fail with one StorageError
   line naming the file, and leave the previous results.csv / checkpoint intact.
 
 Prints how many cases it tried and exits 1 if any lost or changed something. About a minute on
-one CPU thread; ``tests/test_fault_injection.py`` runs it under ``make test``.
+one CPU thread (plus a few minutes of configuration cases); ``tests/test_fault_injection.py`` runs it under ``make test``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+
+import fault_config
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -278,12 +282,13 @@ def main(argv: list[str] | None = None) -> int:
         n2, p2 = pretrain_cases(work, rng, args.kills, print)
         n3, p3 = disk_full_cases(work, print)
         n4, p4 = read_only_cases(work, print)
+        n5, p5 = fault_config.all_cases(work, print)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    problems = p1 + p2 + p3 + p4
-    total = n1 + n2 + n3 + n4
+    problems = p1 + p2 + p3 + p4 + p5
+    total = n1 + n2 + n3 + n4 + n5
     print(f"{total} cases tried ({n1} runner kills, {n2} pretraining kills, {n3} disk-full writes, "
-          f"{n4} read-only run folder): "
+          f"{n4} read-only run folder, {n5} configuration and stopping cases): "
           + ("nothing lost" if not problems else f"{len(problems)} LOST OR CHANGED:\n  " + "\n  ".join(problems)))
     return 1 if problems else 0
 

@@ -8,8 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
-from book_project import PROFILE, abcd_project, write_profile
+from book_project import PROFILE, abcd_project, run_folder_project, write_profile
 
 from mocoxr import sources
 from mocoxr.book import __main__ as cli
@@ -93,3 +94,89 @@ def test_documented_real_data_commands_at_toy_size(tmp_path: Path):
     assert (tmp_path / "site" / "_build" / "html" / "index.html").is_file()
     again = run_cli("run")  # `run` itself needs the flags the profile requires
     assert again.returncode == 2 and "--data-dir" in again.stderr
+
+
+def test_status_names_stale_and_unrun_steps_and_rows_of_another_configuration(tmp_path: Path, capsys,
+                                                                                monkeypatch):
+    """`status` says "not run yet" / "stale" and counts rows no run of the profile wrote with its
+    current key; the next `run` moves them to archived/ with a line saying so."""
+    project = abcd_project(tmp_path)
+    monkeypatch.setattr(runner, "code_hash", lambda: "code-v1")
+    monkeypatch.setattr(paths, "project_root", lambda start=None: project)
+    path = write_profile(project, PROFILE % "false")
+    rd = project / "runs" / "p"
+    assert cli.main(["status", "--profile", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert out.count("not run yet") == 4 and not rd.exists()
+    assert cli.main(["run", "--profile", str(path)]) == 0
+    capsys.readouterr()
+    row = {"experiment": "linear", "backbone": "r18", "init": "moco", "label_fraction": 0.1, "draw": -1,
+           "auc": 0.7, "ci_low": 0.6, "ci_high": 0.8, "n_train": 1, "n_test": 1,
+           "run": "gone", "run_key": "old"}
+    pd.DataFrame([row]).to_csv(rd / "results.csv", index=False)
+    write_profile(project, (PROFILE % "false").replace("size: 3", "size: 4"))
+    assert cli.main(["status", "--profile", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "stale" in out and "not run yet" not in out
+    assert "results.csv: 1 row(s) of another configuration (written by gone" in out
+    assert cli.main(["run", "--profile", str(path)]) == 0
+    assert "results.csv: 1 row(s) of another configuration" in capsys.readouterr().out
+    assert len(pd.read_csv(rd / "results.csv")) == 0
+    assert pd.read_csv(rd / "archived" / "results.csv")["auc"].tolist() == [0.7]
+    assert cli.main(["status", "--profile", str(path)]) == 0
+
+
+def test_status_of_a_rejected_profile_creates_no_folder(tmp_path: Path, capsys, monkeypatch):
+    project = abcd_project(tmp_path)
+    monkeypatch.setattr(paths, "project_root", lambda start=None: project)
+    bad = write_profile(project, "notebooks: {a: {runs: [{sise: 2}]}}\n", "bad.yaml")
+    assert cli.main(["status", "--profile", str(bad), "--run-dir", str(tmp_path / "new")]) == 2
+    assert "sise" in capsys.readouterr().err and not (tmp_path / "new").exists()
+
+
+def test_stale_hint_names_the_profile_as_given(tmp_path: Path, capsys, monkeypatch):
+    project = abcd_project(tmp_path)
+    monkeypatch.setattr(runner, "code_hash", lambda: "code-v1")
+    monkeypatch.setattr(paths, "project_root", lambda start=None: project)
+    path = write_profile(project, PROFILE % "false")
+    assert cli.main(["run", "--profile", str(path)]) == 0
+    monkeypatch.setattr(runner, "code_hash", lambda: "code-v2")
+    assert cli.main(["build", "--profile", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"--profile {path}`" in err and "--allow-stale" in err
+
+
+def test_build_takes_the_run_lock(tmp_path: Path, capsys, monkeypatch):
+    from mocoxr import store
+
+    project = abcd_project(tmp_path)
+    monkeypatch.setattr(runner, "code_hash", lambda: "code-v1")
+    monkeypatch.setattr(paths, "project_root", lambda start=None: project)
+    path = write_profile(project, PROFILE % "false")
+    assert cli.main(["run", "--profile", str(path)]) == 0
+    with store.run_lock(project / "runs" / "p"):
+        assert cli.main(["build", "--profile", str(path), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "is in use by another" in err and f"pid {os.getpid()}" in err
+    assert not (project / "runs" / "p" / "site").exists()
+
+
+def test_broken_link_in_a_data_folder_names_the_flag(tmp_path: Path, capsys, monkeypatch):
+    project = run_folder_project(tmp_path)
+    monkeypatch.setattr(paths, "project_root", lambda start=None: project)
+    path = write_profile(project, "notebooks: {prep: {}}\n")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "broken_link.png").symlink_to(tmp_path / "nowhere.png")
+    for command in ("run", "status"):
+        assert cli.main([command, "--profile", str(path), "--data-dir", str(data)]) == 2
+        err = capsys.readouterr().err
+        assert "--data-dir" in err and "broken_link.png" in err and "broken link" in err, err
+
+
+def test_mocoxr_book_help_names_itself(capsys):
+    from mocoxr import cli as mocoxr_cli
+
+    with pytest.raises(SystemExit):
+        mocoxr_cli.main(["book", "--help"])
+    assert capsys.readouterr().out.startswith("usage: mocoxr book ")

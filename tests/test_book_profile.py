@@ -148,8 +148,29 @@ def test_paper_profile_runs_both_backbones(tmp_path: Path):
                         {"data_dir": str(tmp_path), "shenzhen_dir": str(tmp_path)})
     ids = [r.run_id for r in prof.runs]
     assert "03_linear_probe-densenet121" in ids and "02_pretrain-densenet121" in ids
-    assert prof.run("03_linear_probe-densenet121").deps == ["01_data", "02_pretrain-densenet121"]
+    assert prof.run("03_linear_probe-densenet121").deps == ["02_pretrain-densenet121"]
     assert prof.parameters["image_size"] == 320
+
+
+@pytest.mark.parametrize("name", ["tiny", "quick", "paper", "pairs"])
+def test_a_shenzhen_error_stops_only_the_shenzhen_chapters(tmp_path: Path, name: str):
+    """No CheXpert step (it prepares its own data) needs, even through others, a step that reads
+    the Shenzhen data: a bad Shenzhen folder in 01_data stops 05_shenzhen (and the results page
+    that shows it), not the pretraining, probes, fine-tuning or positive pairs."""
+    from mocoxr import keys
+
+    prof = load_profile(name, ROOT / "notebooks",
+                        {"data_dir": str(tmp_path), "shenzhen_dir": str(tmp_path)})
+    reads_shenzhen = {r.run_id for r in prof.runs if set(keys.DATASETS["shenzhen"]) & set(r.parameters)}
+
+    def upstream(run_id: str) -> set[str]:
+        deps = set(prof.run(run_id).deps)
+        return deps.union(*(upstream(d) for d in deps)) if deps else set()
+
+    chexpert_steps = [r.run_id for r in prof.runs if "chexpert" in r.parameters and r.run_id not in reads_shenzhen]
+    assert chexpert_steps
+    for run_id in chexpert_steps:
+        assert not upstream(run_id) & reads_shenzhen, (run_id, upstream(run_id) & reads_shenzhen)
 
 
 # ----------------------------------------------------------------------------- profile values

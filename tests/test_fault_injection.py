@@ -22,3 +22,4 @@ def test_fault_injection_loses_nothing():
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     last = proc.stdout.strip().splitlines()[-1]
     assert last.endswith("nothing lost") and "2 runner kills, 2 pretraining kills, 2 disk-full" in last
+    assert "6 configuration and stopping cases" in last

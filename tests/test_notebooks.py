@@ -199,7 +199,7 @@ def test_site_builds_with_results_page_table_and_figures(tiny):
     assert index.is_file()
     for name in ("results.csv", "deltas.csv"):  # the tables beside the site
         assert (html_dir / name).read_bytes() == (run_dir / name).read_bytes()
-    log = (run_dir / "site" / "build.log").read_text()
+    log = (html_dir.parent / "source" / "build.log").read_text()
     warnings = [line for line in log.splitlines() if "WARNING" in line]
     assert not warnings, "\n".join(warnings)
 

@@ -106,11 +106,11 @@ def test_console_command_is_the_book_cli(capsys, monkeypatch):
     entry = getattr(importlib.import_module(module), func)
     assert entry is cli.main
     seen = []
-    monkeypatch.setattr(book_cli, "main", lambda argv: seen.append(list(argv)) or 7)
+    monkeypatch.setattr(book_cli, "main", lambda argv, prog: seen.append([prog, *argv]) or 7)
     assert entry(["book", "run", "--profile", "tiny", "--force"]) == 7
-    assert seen == [["run", "--profile", "tiny", "--force"]]
+    assert seen == [["mocoxr book", "run", "--profile", "tiny", "--force"]]
     monkeypatch.setattr(sys, "argv", ["mocoxr", "book", "status"])
-    assert entry() == 7 and seen[-1] == ["status"]
+    assert entry() == 7 and seen[-1] == ["mocoxr book", "status"]
 
 
 def test_console_command_runs_a_real_subcommand_and_reports_bad_ones(capsys):

@@ -244,7 +244,7 @@ def test_pairs_profile_reuses_the_quick_settings():
     assert own["record"]["csv"] == "book/recorded/positive_pairs.csv"
     assert "--profile pairs" in own["record"]["command"]
     quick_07 = load_profile("quick").run("07_positive_pairs")
-    assert quick_07.parameters["recorded"] == own["record"]["csv"] and quick_07.deps == ["01_data"]
+    assert quick_07.parameters["recorded"] == own["record"]["csv"] and quick_07.deps == []
 
 
 def test_command_line_pretraining_takes_positive_pairs_from_the_manifest(tmp_path):

@@ -76,7 +76,7 @@ def test_pool_seed_folders_writes_per_seed_and_pooled_tables(tmp_path):
         _write_deltas(seeds.seed_dir(tmp_path, s), shift)
     paths = seeds.pool_seed_folders(tmp_path, [0, 1, 2], {"linear": False, "shenzhen_linear": True})
     pooled = pd.read_csv(paths["deltas"])
-    assert list(pooled.columns) == [*evaluate.DELTAS_COLUMNS, "n_seeds", "seed_sd"]
+    assert list(pooled.columns) == [*seeds.DELTA_VALUES, "n_seeds", "seed_sd"]
     assert len(pooled) == 4 and (pooled["n_seeds"] == 3).all()
     assert np.allclose(pooled["delta"], 0.05) and np.allclose(pooled["seed_sd"], 0.02)
     lin = pooled[pooled.experiment == "linear"].iloc[0]

@@ -3,7 +3,7 @@
 Command line::
 
     python -m mocoxr.book run    --profile quick [--data-dir D] [--transfer-dir D] [--run-dir D]
-                                 [--force] [--seeds N ...] [--log-output]
+                                 [--force] [--seeds N ...] [--log-output] [--accept-data-change]
     python -m mocoxr.book build  --profile quick [--run-dir D] [--output D] [--allow-stale]
     python -m mocoxr.book status --profile quick
     python -m mocoxr.book check
@@ -13,11 +13,12 @@ Command line::
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from mocoxr.book import paths, publish, runner, site
+from mocoxr.book import paths, publish, rows, runner, site
 from mocoxr.book.ipynb import pairing_problems
 from mocoxr.book.profile import ProfileError
 
@@ -48,9 +49,17 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def parser() -> argparse.ArgumentParser:
-    """The command line of ``python -m mocoxr.book``."""
-    ap = argparse.ArgumentParser(prog="python -m mocoxr.book", description=__doc__.split("\n")[0])
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the runner is (so it stops as on Ctrl-C)."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def parser(prog: str = "python -m mocoxr.book") -> argparse.ArgumentParser:
+    """The command line of ``python -m mocoxr.book`` (``prog``: how it was called)."""
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
     for name, helptext in COMMANDS:
         p = sub.add_parser(name, help=helptext)
@@ -70,6 +79,9 @@ def parser() -> argparse.ArgumentParser:
                            help="a batch: the whole profile once per seed, in <run-dir>/seed-<n>/, "
                                 "then the deltas pooled over seeds into <run-dir>/seeds/")
             p.add_argument("--log-output", action="store_true", help="stream notebook output to the terminal")
+            p.add_argument("--accept-data-change", action="store_true",
+                           help="accept new content in a data folder this run folder used before "
+                                "(the steps that read it rerun)")
         if name == "build":
             p.add_argument("--output", type=Path, help="folder that receives _build/ (default: project root)")
             p.add_argument("--allow-stale", action="store_true",
@@ -82,23 +94,31 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _status(args: argparse.Namespace) -> int:
-    """Print every run and whether it is up to date; 1 if any is not."""
+    """Print every run (up to date, stale, not run yet) and the rows of another configuration
+    in the results tables; 1 if anything is not up to date."""
     prof, rd = runner.open_run(args.profile, paths.project_root(), args.run_dir, _overrides(args))
+    key_of = runner.run_keys(prof, rd)
     stale = False
-    for run_id, key in runner.run_keys(prof, rd).items():
+    for run_id, key in key_of.items():
         ok = runner.is_up_to_date(rd, run_id, key)
+        state = "up to date" if ok else "stale" if rd.executed_nb(run_id).is_file() else "not run yet"
         stale |= not ok
-        print(f"{run_id:36s} {'up to date' if ok else 'to run':11s} needs {prof.run(run_id).deps}")
+        print(f"{run_id:36s} {state:11s} needs {prof.run(run_id).deps}")
+    for name, (count, runs) in rows.foreign_rows(rd.root, key_of).items():
+        print(rows.describe(name, count, runs) + "; the next run archives them")
+        stale = True
     return 1 if stale else 0
 
 
 def _command(args: argparse.Namespace) -> int:
     if args.command == "run" and args.seeds:
         return runner.run_seeds(args.profile, args.run_dir, args.seeds, _overrides(args),
-                                force=args.force, log_output=args.log_output)
+                                force=args.force, log_output=args.log_output,
+                                accept_data_change=args.accept_data_change)
     if args.command == "run":
         outcomes = runner.run_profile(args.profile, args.run_dir, _overrides(args),
-                                      force=args.force, log_output=args.log_output)
+                                      force=args.force, log_output=args.log_output,
+                                      accept_data_change=args.accept_data_change)
         return 0 if runner.finished(outcomes) else 1
     if args.command == "build":
         site.build_site(args.profile, args.run_dir, args.output, overrides=_overrides(args),
@@ -115,15 +135,22 @@ def _command(args: argparse.Namespace) -> int:
     return _status(args)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m mocoxr.book") -> int:
     """``python -m mocoxr.book COMMAND ...``: 0 on success, 1 when a run failed or is not up to
-    date, 2 on a bad profile, a missing folder, a refused build or publication."""
-    args = parser().parse_args(argv)
+    date, 2 on a bad profile, a missing folder, a refused build or publication; 130 on Ctrl-C and 143 on
+    SIGTERM (one line: a rerun resumes)."""
+    args = parser(prog).parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return _command(args)
     except (ProfileError, FileNotFoundError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        print(f"\n{prog} {args.command}: interrupted; rerun to resume", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

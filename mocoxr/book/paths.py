@@ -39,6 +39,12 @@ def profile_path(profile: str | Path) -> Path:
     return packaged
 
 
+def profile_flag(path: Path) -> str:
+    """How to name a profile on the command line: its name when packaged, else its path."""
+    path = Path(path)
+    return path.stem if path.parent.resolve() == PROFILES_DIR.resolve() else str(path)
+
+
 def default_run_dir(profile_name: str, root: Path | None = None) -> Path:
     """``<project root>/runs/<profile>``."""
     return (root or project_root()) / "runs" / profile_name

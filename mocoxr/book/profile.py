@@ -244,6 +244,21 @@ def _notebook_runs(path: Path, nb_name: str, entry: Any, seen: list[str], defaul
     return out
 
 
+def _check_outputs(path: Path, runs: list[Run], root: Path) -> None:
+    """The files a profile has a notebook write (:data:`mocoxr.schema.OUTPUTS`) stay under
+    ``<root>/book/recorded`` also through symbolic links (their text is checked by the schema)."""
+    for run in runs:
+        for name, key in schema.OUTPUTS.items():
+            value = run.parameters.get(name)
+            target = value.get(key) if isinstance(value, dict) else None
+            if isinstance(target, str) and schema.escapes(root, target):
+                raise ProfileError(
+                    f"{path}: {name}.{key} = {target!r} (run {run.run_id}) leads outside "
+                    f"{schema.RECORDED_DIR}/ through a symbolic link: expected a file under "
+                    f"{schema.RECORDED_DIR}/ of the project"
+                )
+
+
 def _link_deps(path: Path, runs: list[Run]) -> None:
     """A run depends on the runs of the notebooks it needs whose own parameters agree with its
     parameters; a needed notebook without such a run is an error."""
@@ -285,4 +300,5 @@ def load_profile(
                                find_notebook(notebooks_dir, nb_name), runs)
         seen.append(str(nb_name))
     _link_deps(path, runs)
+    _check_outputs(path, runs, notebooks_dir.parent)
     return Profile(path.stem, path, str(raw.get("description") or ""), requires, shared, runs)

@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from mocoxr import keys, sources, store
-from mocoxr.book import paths
+from mocoxr.book import paths, rows
 from mocoxr.book.ipynb import notebook_errors, read_notebook, tag_for_site
 from mocoxr.book.paths import RunPaths, default_run_dir, profile_path, run_paths
 from mocoxr.book.profile import RUNNER_PARAMETERS, Profile, ProfileError, Run, load_profile
 
 KERNEL = "python3"
 STABILITY_NOTEBOOK = "08_stability"  # reads <run_dir>/seeds/ (or the recorded copy)
+KERNEL_LOG_LEVEL = "--IPKernelApp.log_level=CRITICAL"
 
 
 # ----------------------------------------------------------------------------- keys
@@ -58,6 +59,9 @@ def run_keys(prof: Profile, rd: RunPaths) -> dict[str, str]:
     enter by content fingerprint, the run folder not at all; a run sees an upstream data-only
     step through the datasets it declares itself (:func:`mocoxr.keys.data_step_view`)."""
     code, out, memo = code_hash(), {}, {}
+    for name in keys.DATA_FOLDERS:  # errors name the flag
+        if prof.parameters.get(name):
+            memo[str(prof.parameters[name])] = sources.fingerprint(name, prof.parameters[name])
     fingerprint = lambda p: memo.setdefault(p, keys.folder_fingerprint(p))  # noqa: E731
     as_key = lambda params: keys.key_parameters(params, fingerprint, RUNNER_PARAMETERS)  # noqa: E731
     for run in prof.runs:
@@ -111,15 +115,16 @@ def open_run(profile: str | Path, root: Path, run_dir: Path | None = None,
              overrides: dict[str, Any] | None = None) -> tuple[Profile, RunPaths]:
     """The profile and its run folder, with the data folders the folder recorded (see
     :mod:`mocoxr.sources`) for every data flag not given: ``status`` and ``build`` of a
-    real-data run need no flags."""
-    rd = run_paths(run_dir or default_run_dir(profile_path(profile).stem, root))
+    real-data run need no flags. The folder is not created."""
+    folder = Path(run_dir or default_run_dir(profile_path(profile).stem, root)).expanduser()
+    rd = RunPaths(folder.resolve())  # read, not created
     given = {**sources.recorded_overrides(rd.root), **(overrides or {})}
     return load_profile(profile, root / "notebooks", given), rd
 
 
-def stale_runs(prof: Profile, rd: RunPaths) -> list[str]:
+def stale_runs(prof: Profile, rd: RunPaths, key_of: dict[str, str] | None = None) -> list[str]:
     """Runs whose executed notebook exists but is not up to date (what ``status`` lists)."""
-    key_of = run_keys(prof, rd)
+    key_of = key_of if key_of is not None else run_keys(prof, rd)
     return [r.run_id for r in prof.runs
             if rd.executed_nb(r.run_id).is_file() and not is_up_to_date(rd, r.run_id, key_of[r.run_id])]
 
@@ -138,30 +143,38 @@ class Outcome:
 
 
 def _papermill(src: Path, out: Path, injected: dict[str, Any], cwd: Path, progress: bool,
-               log_output: bool) -> None:
-    """``papermill.execute_notebook`` with quiet progress bars and no deprecation warnings
-    (unless the environment sets them); the environment is restored afterwards."""
+               log_output: bool, env: dict[str, str] | None = None) -> None:
+    """``papermill.execute_notebook`` with quiet progress bars, no deprecation warnings (unless
+    the environment sets them) and ``env`` set for the kernel (the run's row tags, see
+    :mod:`mocoxr.book.rows`); the environment is restored afterwards. The kernel logs only
+    critical messages (not its TCP notice, nor the socket errors of a stopped run)."""
     import papermill as pm
 
     env_defaults = {"TQDM_MININTERVAL": "10", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
-    saved = {k: os.environ.get(k) for k in env_defaults}
+    saved = {k: os.environ.get(k) for k in [*env_defaults, *(env or {})]}
     for k, v in env_defaults.items():
         os.environ.setdefault(k, v)
+    os.environ.update(env or {})
     try:
         pm.execute_notebook(
             str(src), str(out), parameters=injected, kernel_name=KERNEL, language="python", cwd=str(cwd),
             progress_bar=progress, log_output=log_output, report_mode=False,
+            extra_arguments=[KERNEL_LOG_LEVEL],
         )
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def execute_run(
-    run: Run, injected: dict[str, Any], rd: RunPaths, cwd: Path, progress: bool, log_output: bool
+    run: Run, injected: dict[str, Any], rd: RunPaths, cwd: Path, progress: bool, log_output: bool,
+    env: dict[str, str] | None = None,
 ) -> None:
-    """Execute one run with papermill into ``rd.executed`` (on failure: into ``rd.failed``)."""
+    """Execute one run with papermill into ``rd.executed`` (on failure: into ``rd.failed``);
+    ``env``: environment variables for its kernel."""
     import nbformat
 
     work = rd.root / ".work"
@@ -172,7 +185,7 @@ def execute_run(
     nb_in.metadata.setdefault("kernelspec", {"name": KERNEL, "display_name": "Python 3", "language": "python"})
     nbformat.write(nb_in, str(src))
     try:
-        _papermill(src, out, injected, cwd, progress, log_output)
+        _papermill(src, out, injected, cwd, progress, log_output, env)
     except BaseException:
         if out.exists():
             rd.failed.mkdir(parents=True, exist_ok=True)
@@ -199,6 +212,7 @@ def run_profile(
     log_output: bool = False,
     echo=print,
     select: Callable[[Run], bool] | None = None,
+    accept_data_change: bool = False,
 ) -> list[Outcome]:
     """Execute a profile's runs in order; returns one :class:`Outcome` per run.
 
@@ -208,7 +222,10 @@ def run_profile(
     files, data folders, device) is checked before the first step. ``profile`` may be a loaded
     :class:`Profile` (then ``overrides`` were applied when it was loaded), so that a batch can
     run one profile into several folders, each locked on its own. ``select`` keeps only the
-    runs it returns True for (their needs must be among them).
+    runs it returns True for (their needs must be among them). Rows of ``results.csv`` and
+    ``deltas.csv`` from another configuration are archived before the first step
+    (:mod:`mocoxr.book.rows`); ``accept_data_change`` accepts new content in a recorded data
+    folder (:func:`mocoxr.sources.check_and_record`).
     """
     root = Path(root) if root else paths.project_root()
     if isinstance(profile, Profile):
@@ -217,6 +234,7 @@ def run_profile(
         prof = profile
     else:
         prof = load_profile(profile, root / "notebooks", overrides)
+    every = prof
     if select is not None:
         prof = dataclasses.replace(prof, runs=[r for r in prof.runs if select(r)])
     missing = sources.preflight(prof.runs)
@@ -226,8 +244,11 @@ def run_profile(
     with store.writing(run_dir or default_run_dir(prof.name, root)):
         rd = run_paths(run_dir or default_run_dir(prof.name, root))
     with store.run_lock(rd.root):
-        sources.check_and_record(rd.root, prof.parameters)
-        return _run_all(prof, rd, force, progress, log_output, echo)
+        sources.check_and_record(rd.root, prof.parameters, accept_data_change)
+        key_of = run_keys(every, rd)  # of every run: rows of unselected runs stay
+        with store.writing(rd.root):
+            rows.archive_foreign(rd.root, key_of, echo)
+        return _run_all(prof, rd, key_of, force, progress, log_output, echo)
 
 
 def _failure_line(exc: BaseException) -> str:
@@ -252,7 +273,8 @@ def _execute_and_stamp(run: Run, rd: RunPaths, key: str, progress: bool, log_out
     try:
         with store.writing(rd.root):
             rd.stamp(run.run_id).unlink(missing_ok=True)
-            execute_run(run, injected, rd, run.source.parent, progress, log_output)
+            execute_run(run, injected, rd, run.source.parent, progress, log_output,
+                        rows.run_environment(run.run_id, key))
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # noqa: BLE001 - report and go on with independent runs
@@ -276,9 +298,8 @@ def _execute_and_stamp(run: Run, rd: RunPaths, key: str, progress: bool, log_out
     return Outcome(run.run_id, "ran", dt)
 
 
-def _run_all(prof: Profile, rd: RunPaths, force: bool, progress: bool, log_output: bool,
-             echo) -> list[Outcome]:
-    key_of = run_keys(prof, rd)
+def _run_all(prof: Profile, rd: RunPaths, key_of: dict[str, str], force: bool, progress: bool,
+             log_output: bool, echo) -> list[Outcome]:
     outcomes: dict[str, Outcome] = {}
     echo(f"profile {prof.name} ({prof.path}) -> {rd.root}")
     for i, run in enumerate(prof.runs, 1):
@@ -315,7 +336,8 @@ def finished(outcomes: Sequence[Outcome]) -> bool:
 
 
 def run_seeds(profile: str | Path, run_dir: Path | None, seed_list: Sequence[int],
-              overrides: dict[str, Any], force: bool = False, log_output: bool = False) -> int:
+              overrides: dict[str, Any], force: bool = False, log_output: bool = False,
+              accept_data_change: bool = False) -> int:
     """``run --seeds ...``: the profile once per seed in ``<run_dir>/seed-<n>/`` (all but the
     stability page), the deltas pooled over seeds (:mod:`mocoxr.seeds`), then the stability
     page in ``run_dir``. Returns the command's exit status."""
@@ -327,7 +349,7 @@ def run_seeds(profile: str | Path, run_dir: Path | None, seed_list: Sequence[int
 
     def run_one(seed: int, folder: Path) -> bool:
         return finished(run_profile(profile, folder, {**overrides, "seed": seed}, force=force,
-                                    log_output=log_output,
+                                    log_output=log_output, accept_data_change=accept_data_change,
                                     select=lambda r: r.notebook != STABILITY_NOTEBOOK))
 
     real_chexpert, real_shenzhen = "data_dir" in overrides, "shenzhen_dir" in overrides
@@ -339,5 +361,6 @@ def run_seeds(profile: str | Path, run_dir: Path | None, seed_list: Sequence[int
         return 1
     # the page that reads the pooled tables, in the base folder (its input just changed)
     outcomes = run_profile(profile, base, overrides, force=True, log_output=log_output,
+                           accept_data_change=accept_data_change,
                            select=lambda r: r.notebook == STABILITY_NOTEBOOK)
     return 0 if all(o.status == "ran" for o in outcomes) else 1

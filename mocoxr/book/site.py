@@ -1,4 +1,4 @@
-"""The site: staging a profile's executed notebooks with the prose into ``<run_dir>/site/`` and
+"""The site: staging a profile's executed notebooks with the prose into ``<output>/_build/source/`` and
 running ``jupyter-book build`` on it (notebooks are not re-executed).
 
 :func:`stage_site` copies each executed notebook through :func:`stage_notebook`, which
@@ -17,6 +17,7 @@ and marks the pages of stale runs (``build --allow-stale``). :func:`time_page` w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pprint
@@ -26,10 +27,11 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from mocoxr.book import paths
+from mocoxr import store
+from mocoxr.book import paths, rows
 from mocoxr.book.paths import RunPaths
 from mocoxr.book.profile import Profile
-from mocoxr.book.runner import open_run, stale_runs
+from mocoxr.book.runner import open_run, run_keys, stale_runs
 
 CODE_WIDTH = 90
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
@@ -235,12 +237,14 @@ def _copy_prose(root: Path, site: Path) -> None:
 
 
 def stage_site(prof: Profile, rd: RunPaths, root: Path, echo=print,
-               stale: Sequence[str] = ()) -> Path:
-    """Assemble the book's source (config, prose, the profile's executed notebooks, the CSVs)
-    in ``<run_dir>/site`` and return it. Files keep their times so Sphinx rebuilds only changes.
-    Notebooks go through :func:`stage_notebook`; those in ``stale`` get the stale warning;
-    ``book/time.md`` is generated (:func:`write_time_page`)."""
-    site = rd.root / "site"
+               stale: Sequence[str] = (), site: Path | None = None,
+               key_of: dict[str, str] | None = None) -> Path:
+    """Assemble the book's source (config, prose, the profile's executed notebooks, the CSVs:
+    only their rows of the current configuration, see :mod:`mocoxr.book.rows`) in ``site``
+    (default ``<run_dir>/site``) and return it. Files keep their times so Sphinx rebuilds only
+    changes. Notebooks go through :func:`stage_notebook`; those in ``stale`` get the stale
+    warning; ``book/time.md`` is generated (:func:`write_time_page`)."""
+    site = Path(site or rd.root / "site")
     _copy_prose(root, site)
     executed = site / "book" / "executed"
     if executed.exists():
@@ -258,14 +262,21 @@ def stage_site(prof: Profile, rd: RunPaths, root: Path, echo=print,
         found.append(nb)
     if not found:
         raise FileNotFoundError(
-            f"no executed notebooks in {rd.executed}: run `python -m mocoxr.book run --profile {prof.name}` first"
+            f"no executed notebooks in {rd.executed}: run `python -m mocoxr.book run "
+            f"--profile {paths.profile_flag(prof.path)}` first"
         )
-    for name in SITE_CSVS:
-        if (rd.root / name).is_file():
-            shutil.copy2(rd.root / name, site / name)
+    publish_tables(rd, site, key_of if key_of is not None else run_keys(prof, rd))
     copy_extras(root / "book", site)
     write_time_page(site / "book", found, prof.name)
     return site
+
+
+def publish_tables(rd: RunPaths, into: Path, key_of: dict[str, str]) -> None:
+    """Write the rows of ``results.csv`` / ``deltas.csv`` of the current configuration into
+    ``into`` (a table of another configuration is never published)."""
+    for name in SITE_CSVS:
+        if (rd.root / name).is_file():
+            rows.write_current(rd.root / name, Path(into) / name, key_of)
 
 
 def _jupyter_book(site: Path, output: Path, echo, quiet: bool) -> Path:
@@ -297,23 +308,31 @@ def build_site(
     """Build the HTML site of a profile's executed notebooks; returns ``_build/html/index.html``.
 
     Refuses notebooks that ``status`` lists as stale, unless ``allow_stale`` (then their pages
-    carry a warning). The data folders default to those the run recorded. The build's output
-    is kept in ``<run_dir>/site/build.log`` (and echoed unless ``quiet``); ``results.csv`` and
-    ``deltas.csv`` are copied beside the site."""
+    carry a warning). The data folders default to those the run recorded. The site is staged
+    in ``<output>/_build/source`` (nothing is written into the run folder, which may be
+    read-only; a writable one is locked against a concurrent run); the build's log is kept
+    there as ``build.log`` (and echoed unless ``quiet``). The rows of ``results.csv`` and
+    ``deltas.csv`` of the current configuration are published beside the site."""
     root = Path(root) if root else paths.project_root()
     prof, rd = open_run(profile, root, run_dir, overrides)
-    stale = stale_runs(prof, rd)
-    if stale and not allow_stale:
-        raise RuntimeError(
-            f"{len(stale)} executed notebook(s) in {rd.executed} are stale ({', '.join(stale)}): "
-            f"run `python -m mocoxr.book run --profile {prof.name}` first, or build with "
-            f"--allow-stale to publish them marked as stale"
-        )
-    site = stage_site(prof, rd, root, echo, stale)
-    html = _jupyter_book(site, Path(output or root).resolve(), echo, quiet)
-    for name in SITE_CSVS:
-        if (rd.root / name).is_file():
-            shutil.copy2(rd.root / name, html / name)
+    if not rd.root.is_dir():
+        raise FileNotFoundError(f"run folder {rd.root} does not exist: run `python -m mocoxr.book "
+                                f"run --profile {paths.profile_flag(prof.path)}` first")
+    out = Path(output or root).resolve()
+    writable = os.access(rd.root, os.W_OK)
+    with store.run_lock(rd.root, "build") if writable else contextlib.nullcontext():
+        key_of = run_keys(prof, rd)
+        stale = stale_runs(prof, rd, key_of)
+        if stale and not allow_stale:
+            raise RuntimeError(
+                f"{len(stale)} executed notebook(s) in {rd.executed} are stale ({', '.join(stale)}): "
+                f"run `python -m mocoxr.book run --profile {paths.profile_flag(prof.path)}` first, "
+                f"or build with --allow-stale to publish them marked as stale"
+            )
+        with store.writing(out):
+            site = stage_site(prof, rd, root, echo, stale, out / "_build" / "source", key_of)
+            html = _jupyter_book(site, out, echo, quiet)
+            publish_tables(rd, html, key_of)
     index = html / "index.html"
     echo(f"site: {index}")
     return index

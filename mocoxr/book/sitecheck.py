@@ -260,8 +260,8 @@ def check_site(html_dir: str | Path, browser: str | None = None,
     return reports
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mocoxr.book.sitecheck", description=__doc__.split("\n")[0])
+def main(argv: Sequence[str] | None = None, prog: str = "python -m mocoxr.book.sitecheck") -> int:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     ap.add_argument("html_dir", type=Path, help="the built site, e.g. _build/html")
     ap.add_argument("--browser", help="Chromium executable (default: found on PATH)")
     ap.add_argument("--screenshots", type=Path, help="folder for a screenshot of every page")
