@@ -167,6 +167,7 @@ def test_broken_link_in_a_data_folder_names_the_flag(tmp_path: Path, capsys, mon
     path = write_profile(project, "notebooks: {prep: {}}\n")
     data = tmp_path / "data"
     data.mkdir()
+    (data / "train.csv").write_text("Path\n")  # a CheXpert-format folder (format detection passes)
     (data / "broken_link.png").symlink_to(tmp_path / "nowhere.png")
     for command in ("run", "status"):
         assert cli.main([command, "--profile", str(path), "--data-dir", str(data)]) == 2

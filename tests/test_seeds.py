@@ -124,9 +124,10 @@ def test_cli_seeds_batch_passes_each_seed_and_its_folder(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runner, "run_profile", fake_run_profile)
     assert cli.main(["run", "--profile", "quick", "--run-dir", str(tmp_path), "--seeds", "3", "4"]) == 0
-    pipeline = [r.notebook for r in prof.runs if r.notebook != "08_stability"]
-    assert seen == [(tmp_path / "seed-3", {"seed": 3}, pipeline, False),
-                    (tmp_path / "seed-4", {"seed": 4}, pipeline, False),
+    pipeline = ["01_data", "02_pretrain", "03_linear_probe", "04_finetune", "05_shenzhen"]
+    fig = runner.BATCH_OVERRIDES
+    assert seen == [(tmp_path / "seed-3", {**fig, "seed": 3}, pipeline, False),
+                    (tmp_path / "seed-4", {**fig, "seed": 4}, pipeline, False),
                     (tmp_path, {}, ["08_stability"], True)]  # the pooled page, in the base folder
     assert (tmp_path / "seeds" / "deltas.csv").is_file()
 

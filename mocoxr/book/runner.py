@@ -27,6 +27,9 @@ from mocoxr.book.profile import RUNNER_PARAMETERS, Profile, ProfileError, Run, l
 
 KERNEL = "python3"
 STABILITY_NOTEBOOK = "08_stability"  # reads <run_dir>/seeds/ (or the recorded copy)
+# what a seeds batch runs per seed: the chapters that write the pooled results, and theirs needs
+BATCH_NOTEBOOKS = ("01_data", "02_pretrain", "03_linear_probe", "04_finetune", "05_shenzhen")
+BATCH_OVERRIDES = {"embedding": "pca"}  # the per-seed pages are not published: no UMAP fit
 KERNEL_LOG_LEVEL = "--IPKernelApp.log_level=CRITICAL"
 
 
@@ -338,9 +341,10 @@ def finished(outcomes: Sequence[Outcome]) -> bool:
 def run_seeds(profile: str | Path, run_dir: Path | None, seed_list: Sequence[int],
               overrides: dict[str, Any], force: bool = False, log_output: bool = False,
               accept_data_change: bool = False) -> int:
-    """``run --seeds ...``: the profile once per seed in ``<run_dir>/seed-<n>/`` (all but the
-    stability page), the deltas pooled over seeds (:mod:`mocoxr.seeds`), then the stability
-    page in ``run_dir``. Returns the command's exit status."""
+    """``run --seeds ...``: the profile's ``BATCH_NOTEBOOKS`` once per seed in
+    ``<run_dir>/seed-<n>/`` (with ``BATCH_OVERRIDES``: settings of figures only), the deltas
+    pooled over seeds (:mod:`mocoxr.seeds`), then the stability page in ``run_dir``. Returns the
+    command's exit status."""
     from mocoxr import seeds as seedbatch
 
     root = paths.project_root()
@@ -348,9 +352,10 @@ def run_seeds(profile: str | Path, run_dir: Path | None, seed_list: Sequence[int
     base = Path(run_dir or default_run_dir(prof.name, root))
 
     def run_one(seed: int, folder: Path) -> bool:
-        return finished(run_profile(profile, folder, {**overrides, "seed": seed}, force=force,
+        return finished(run_profile(profile, folder,
+                                    {**BATCH_OVERRIDES, **overrides, "seed": seed}, force=force,
                                     log_output=log_output, accept_data_change=accept_data_change,
-                                    select=lambda r: r.notebook != STABILITY_NOTEBOOK))
+                                    select=lambda r: r.notebook in BATCH_NOTEBOOKS))
 
     real_chexpert, real_shenzhen = "data_dir" in overrides, "shenzhen_dir" in overrides
     shared = {"linear": real_chexpert, "finetune": real_chexpert,
