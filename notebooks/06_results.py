@@ -56,11 +56,20 @@ print(f"{len(results)} result rows, {len(deltas)} deltas; backbones {backbones}"
 #
 # Mean test AUC over the label-fraction draws with its 95% bootstrap CI, and the paired
 # difference MoCo minus baseline with its 95% CI; the paper's values (CIs only where its
-# figures give them).
+# figures give them). Beside each fraction: how many labelled images it held here and, about,
+# in the paper (a share of CheXpert's {glue:text}`paper_pool` frontal training images). The verdict compares
+# this run's CI with the paper's effect: *reproduced* (above zero), *smaller than the
+# paper's* (below its effect), *inconclusive* (neither); where the paper found no gain,
+# *consistent with no gain* when the CI holds zero. It is one run's verdict: the page
+# [How stable is the effect?](08_stability.ipynb) gives it across seeds.
 
 # %%
 table = tables.comparison_table(results, deltas, paper, ("linear", "finetune"),
                                baseline=baseline)
+notebook.glue("paper_pool", f"{tables.CHEXPERT_FRONTAL_TRAIN:,}")
+if table["backbone"].nunique() == 1:  # one backbone: say it once, above
+    print(f"backbone: {table['backbone'].iloc[0]}")
+    table = table.drop(columns="backbone")
 display(HTML(table.to_html(index=False, classes="comparison-table", border=0)))
 
 # %% [markdown]

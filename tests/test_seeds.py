@@ -179,6 +179,20 @@ def test_pool_results_counts_draws_steps_and_labelled_images():
     assert out["auc"] == pytest.approx(0.75) and out["n_seeds"] == 2
 
 
+def test_the_recorded_batch_fine_tunes_every_draw_for_at_least_100_steps():
+    """The recorded seeds batch: every fine-tuning cell took >= 100 optimizer steps in every
+    draw, on as many draws as the linear probe, pooled over at least 5 seeds."""
+    rec = seeds.read_pooled(paths.project_root() / "book" / "recorded" / "seeds-quick")
+    res = rec["results"]
+    assert rec["per_seed"]["seed"].nunique() >= 5
+    for tuned, probed in (("finetune", "linear"), ("shenzhen_finetune", "shenzhen_linear")):
+        ft = res[res["experiment"] == tuned].set_index(["init", "label_fraction"])
+        lp = res[res["experiment"] == probed].set_index(["init", "label_fraction"])
+        assert len(ft) and (ft["n_steps"] >= 100).all(), ft["n_steps"]
+        assert ft["n_draws"].to_dict() == lp["n_draws"].to_dict()
+    assert "seconds" in rec["source"] and rec["source"]["seconds"] > 0
+
+
 def test_the_stability_page_reruns_when_its_pooled_tables_change(tmp_path):
     prof = load_profile("quick")
     rd = paths.run_paths(tmp_path)
