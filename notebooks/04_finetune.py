@@ -100,6 +100,7 @@ per_draw = res[res["draw"] != evaluate.MEAN_DRAW]
 steps = per_draw.groupby("label_fraction").agg(draws=("draw", "nunique"),
                                                labelled=("n_train", "mean"),
                                                fewest_steps=("n_steps", "min"))
+steps.index = steps.index.map(tables.pct).rename("labels")
 display(steps.style.format({"labelled": "{:.0f}"}))
 
 # %% [markdown]
@@ -107,7 +108,8 @@ display(steps.style.format({"labelled": "{:.0f}"}))
 #
 # Training loss and validation AUC of the first draw with {glue:text}`curve_frac` of the
 # labels ({glue:text}`curve_n` images, {glue:text}`curve_steps` steps of
-# {glue:text}`curve_batch`).
+# {glue:text}`curve_batch`). Every fine-tuned model on this page took at least
+# {glue:text}`min_steps_all` optimizer steps (the table above gives the fewest per fraction).
 
 # %%
 f_min = float(res["label_fraction"].min())
