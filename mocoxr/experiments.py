@@ -264,25 +264,25 @@ def run_finetune_experiment(prepared: Any, images: np.ndarray, backbones: Mappin
                            train_y=prepared.labels(tr), val_rows=val_rows, val_y=y_val,
                            test_rows=test_rows, mean=mean, std=std, cfg=cfg, save_model=keep)
                 cells.append((init_name, f, d, job, key, name))
-    scores = _finetune_cells(cells, images, state_dir, pred_dir, experiment, y_test, overwrite,
-                             progress)
+    done = _finetune_cells(cells, images, state_dir, pred_dir, experiment, y_test, overwrite,
+                           progress)
     rows: list[dict] = []
     for (init_name, f), group in groupby(cells, key=lambda c: (c[0], c[1])):
         group = list(group)
-        steps = [int(pd.read_csv(state_dir / f"{c[5]}__history.csv")["step"].max()) for c in group]
         rows += _score_rows(experiment, backbone_name, init_name, f, [c[2] for c in group],
-                            [scores[c[5]] for c in group], [len(c[3]["train_rows"]) for c in group],
-                            y_test, n_boot, seed, progress, steps)
+                            [done[c[5]][0] for c in group], [len(c[3]["train_rows"]) for c in group],
+                            y_test, n_boot, seed, progress, [done[c[5]][1] for c in group])
     return _write_results(out_dir, rows)
 
 
 def _finetune_cells(cells: list, images: np.ndarray, state_dir: Path, pred_dir: Path,
                     experiment: str, y_test: np.ndarray, overwrite: bool,
-                    progress: bool) -> dict[str, np.ndarray]:
-    """Test scores of every cell by name: reused where its key, history (and kept model) and
-    predictions match, else trained; each trained model's history, predictions and key are
-    written as soon as it finishes (an interrupted sweep keeps the models that finished)."""
-    scores = {}
+                    progress: bool) -> dict[str, tuple[np.ndarray, int]]:
+    """``(test scores, optimizer steps)`` of every cell by name: reused where its key, history
+    (and kept model) and predictions match, else trained; each trained model's history,
+    predictions and key are written as soon as it finishes (an interrupted sweep keeps the
+    models that finished)."""
+    out = {}
     for init_name, f, d, job, key, name in cells:
         history = state_dir / f"{name}__history.csv"
         cell = (experiment, job["backbone"], init_name, f, d)
@@ -295,8 +295,10 @@ def _finetune_cells(cells: list, images: np.ndarray, state_dir: Path, pred_dir: 
             store.atomic_write(history, lambda fh, h=hist: h.to_csv(fh, index=False), mode="w")
             evaluate.save_predictions(pred_dir, *cell, job["test_rows"], y_test, s)
             store.atomic_write_text(state_dir / f"{name}.json", json.dumps(key))
-        scores[name] = np.asarray(s, dtype=np.float64)
-    return scores
+        else:
+            hist = pd.read_csv(history)
+        out[name] = (np.asarray(s, dtype=np.float64), int(hist["step"].max()))
+    return out
 
 
 def _rows_key(prepared: Any, train_rows: np.ndarray) -> dict[str, Any]:
