@@ -213,14 +213,15 @@ def run_finetune_experiment(prepared: Any, images: np.ndarray, backbones: Mappin
                             batch_size: int = 16, lr: float = 1e-4,
                             augment: Mapping[str, Any] | None = None,
                             head_warmup_epochs: int = 0, encoder_lr_scale: float = 1.0,
-                            min_steps: int = 100, n_evals: int = 5,
+                            min_steps: int = 100, n_evals: int = 5, amp: str = "auto",
                             overwrite: bool = False, progress: bool = True,
                             keep_models: bool | Sequence[float] = False) -> pd.DataFrame:
     """End-to-end fine-tuning (``finetune.finetune``) for every (init, label fraction, draw),
     with at most ``max_draws`` draws per fraction and ``max_epochs`` epochs (CPU budgets), Adam
     at ``lr`` (the paper: 1e-4); ``head_warmup_epochs``, ``encoder_lr_scale``, ``min_steps``
-    (fewest optimizer steps, :func:`finetune.finetune_schedule`) and ``n_evals`` (validation
-    points) as in ``finetune.FinetuneConfig``. The results rows carry each draw's ``n_steps``.
+    (fewest optimizer steps, :func:`finetune.finetune_schedule`), ``n_evals`` (validation
+    points) and ``amp`` (``auto``: bf16 where the device has bf16 units) as in
+    ``finetune.FinetuneConfig``. The results rows carry each draw's ``n_steps``.
 
     A model whose predictions exist and whose key (weights hash of the init, fine-tuning
     config, train rows, precision) matches ``out_dir/finetune/<name>.json`` is not retrained
@@ -241,7 +242,7 @@ def run_finetune_experiment(prepared: Any, images: np.ndarray, backbones: Mappin
     options = dict(image_size=image_size, batch_size=batch_size, lr=lr, max_epochs=max_epochs,
                    device=device, augment=dict(augment or {}),
                    head_warmup_epochs=head_warmup_epochs, encoder_lr_scale=encoder_lr_scale,
-                   min_steps=min_steps, n_evals=n_evals)
+                   min_steps=min_steps, n_evals=n_evals, amp=amp)
     data_key = {"data": {"images": keys.array_digest(images), "mean": float(mean),
                          "std": float(std), "val": keys.labels_digest(val_rows, y_val),
                          "test": keys.labels_digest(test_rows, y_test),

@@ -51,6 +51,7 @@ finetune = {  # mocoxr.experiments.run_finetune_experiment options
     "encoder_lr_scale": 1.0,  # encoder lr = lr x this
     "min_steps": 100,  # fewest optimizer steps at any label fraction
     "n_evals": 5,  # validation points, evenly spaced over the steps
+    "amp": "auto",  # bf16 autocast where the device has bf16 units; "off": fp32
     "augment": {},  # mocoxr.augment.AugmentConfig overrides
     "overwrite": False,  # retrain even when saved predictions match
 }

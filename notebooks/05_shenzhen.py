@@ -41,6 +41,7 @@ transfer_finetune = {
     "encoder_lr_scale": 1.0,
     "min_steps": 100,
     "n_evals": 5,
+    "amp": "auto",
     "augment": {},
     "overwrite": False,
 }

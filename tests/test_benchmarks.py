@@ -139,3 +139,15 @@ def test_bench_precision_smoke(tmp_path, capsys):
     assert list(rec.columns) == bench.COLUMNS and len(rec) == 3
     assert "--record" not in rec["command"].iloc[0]
     assert "| 1 | finetune_step batch 4 |" in capsys.readouterr().out
+
+
+def test_bench_optimizer_smoke(capsys):
+    """DenseAdam against torch.optim.Adam, side by side: each speed-up is plain over dense."""
+    bench = _load("bench_optimizer")
+    rows = bench.main(["--size", "32", "--threads", "1", "--reps", "1", "--steps", "1",
+                       "--finetune-batches", "4", "--pretrain-batch", "8", "--amp", "off"])
+    assert [r["workload"] for r in rows] == ["finetune_step batch 4", "pretrain_step batch 8"]
+    for r in rows:
+        assert r["speedup"] == pytest.approx(r["plain_ms"] / r["dense_ms"])
+    out = capsys.readouterr().out
+    assert "fp32" in out and "| finetune_step batch 4 |" in out

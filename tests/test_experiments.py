@@ -166,6 +166,14 @@ def test_finetune_key_holds_labels_data_and_code(setup, monkeypatch):
     monkeypatch.setattr(keys, "code_digest", lambda modules=None: "edited")
     experiments.run_finetune_experiment(prep2, other, one, "resnet18", **kw)
     assert len(calls) == 4
+    # the precision is a setting of the run: fp32 and bf16 models are never mixed up
+    experiments.run_finetune_experiment(prep2, other, one, "resnet18", amp="off", **kw)
+    experiments.run_finetune_experiment(prep2, other, one, "resnet18", amp="bf16", **kw)
+    assert len(calls) == 6
+    experiments.run_finetune_experiment(prep2, other, one, "resnet18", amp="off", **kw)
+    assert len(calls) == 7  # one model per name: the bf16 one replaced the fp32 one
+    saved = json.loads(next((out / "finetune").glob("*.json")).read_text())
+    assert saved["precision"] == "fp32" and saved["config"]["amp"] == "off"
 
 
 def test_feature_cache_key_holds_the_images(setup):
