@@ -231,3 +231,30 @@ def findings(deltas: pd.DataFrame, paper: pd.DataFrame, backbone: str = "resnet1
         add(names[2], _above(s, f0), f"{ci(s)} vs {ci(f0)}",
             f"{plin['delta'].iloc[0]:+.3f} vs {pft['delta'].iloc[0]:+.3f}" if len(plin) and len(pft) else "")
     return pd.DataFrame(list(rows.values()), columns=["finding", "ours", "paper", "holds"])
+
+
+def compare_runs(a: pd.DataFrame, b: pd.DataFrame, names: tuple[str, str],
+                 paper: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Two runs' paired differences (``deltas.csv`` rows, e.g. one seed in bf16 and in fp32)
+    cell by cell: each difference [95% CI] and :func:`cell_verdict`, the gap between them,
+    whether each lies inside the other's CI, and whether the verdicts agree. Cells only one
+    run has are left out."""
+    on = ["experiment", "backbone", "label_fraction", "comparison"]
+    cols = on + ["delta", "ci_low", "ci_high"]
+    both = a[cols].merge(b[cols], on=on, suffixes=("_a", "_b"))
+    rows = []
+    for _, r in both.sort_values(on).iterrows():
+        effect = (paper_effect(paper, r["experiment"], r["backbone"], r["label_fraction"])
+                  if paper is not None else None)
+        va, vb = (cell_verdict(r[f"ci_low_{s}"], r[f"ci_high_{s}"], effect) for s in "ab")
+        rows.append({
+            "experiment": r["experiment"], "backbone": r["backbone"],
+            "labels": pct(r["label_fraction"]), "comparison": r["comparison"],
+            names[0]: fmt_ci(r["delta_a"], r["ci_low_a"], r["ci_high_a"], signed=True),
+            names[1]: fmt_ci(r["delta_b"], r["ci_low_b"], r["ci_high_b"], signed=True),
+            "gap": round(float(r["delta_b"] - r["delta_a"]), 4),
+            "each inside the other's CI": bool(r["ci_low_a"] <= r["delta_b"] <= r["ci_high_a"]
+                                               and r["ci_low_b"] <= r["delta_a"] <= r["ci_high_b"]),
+            f"verdict {names[0]}": va, f"verdict {names[1]}": vb, "same verdict": va == vb,
+        })
+    return pd.DataFrame(rows)

@@ -151,3 +151,43 @@ def test_bench_optimizer_smoke(capsys):
         assert r["speedup"] == pytest.approx(r["plain_ms"] / r["dense_ms"])
     out = capsys.readouterr().out
     assert "fp32" in out and "| finetune_step batch 4 |" in out
+
+
+def test_precision_check_runs_fp32_chapters_and_records_the_comparison(tmp_path, monkeypatch):
+    """The fp32 run gets amp off for pretraining and both fine-tunings, only chapters 01-05,
+    and the record compares it cell by cell with the bf16 run, naming its command."""
+    import pandas as pd
+    from mocoxr.book import runner
+    bench = _load("precision_check")
+    bf16, fp32 = tmp_path / "bf16", tmp_path / "fp32"
+    (bf16 / "stamps").mkdir(parents=True)
+    for nb in runner.BATCH_NOTEBOOKS:
+        (bf16 / "stamps" / f"{nb}.json").write_text("{}")
+
+    def deltas(d):
+        return pd.DataFrame([{"experiment": "linear", "backbone": "resnet18",
+                              "label_fraction": 0.01, "comparison": "moco - random",
+                              "delta": d, "ci_low": d - 0.03, "ci_high": d + 0.03}])
+    deltas(0.05).to_csv(bf16 / "deltas.csv", index=False)
+    seen = {}
+
+    def fake_run_profile(profile, run_dir, overrides, select):
+        seen.update(overrides=overrides, run_dir=run_dir,
+                    chapters=[nb for nb in ("01_data", "04_finetune", "06_results")
+                              if select(type("R", (), {"notebook": nb}))])
+        run_dir.mkdir(parents=True)
+        deltas(0.04).to_csv(run_dir / "deltas.csv", index=False)
+        return [runner.Outcome("04_finetune", "ran")]
+    monkeypatch.setattr(runner, "run_profile", fake_run_profile)
+    rec = tmp_path / "check.csv"
+    bench.main(["--bf16-run", str(bf16), "--fp32-run", str(fp32), "--record", str(rec)])
+    assert seen["chapters"] == ["01_data", "04_finetune"] and seen["run_dir"] == fp32
+    for name in ("pretrain", "finetune", "transfer_finetune"):
+        assert seen["overrides"][name] == {"amp": "off"}
+    table = pd.read_csv(rec)
+    assert list(table.columns) == bench.RECORDED and len(table) == 1
+    assert table["same verdict"].iloc[0] and table["gap"].iloc[0] == pytest.approx(-0.01)
+    assert table["command"].iloc[0].startswith("python benchmarks/precision_check.py --bf16-run")
+    assert "--record" not in table["command"].iloc[0]
+    with pytest.raises(SystemExit, match="no finished"):
+        bench.main(["--bf16-run", str(tmp_path / "none"), "--fp32-run", str(fp32)])

@@ -171,3 +171,20 @@ def test_paper_pool_is_the_real_frontal_count(shared_data):
     csv = shared_data / "chexpert" / "CheXpert-v1.0-small" / "train.csv.gz"
     real = pd.read_csv(csv, usecols=["Frontal/Lateral"])
     assert int((real["Frontal/Lateral"] == "Frontal").sum()) == tables.CHEXPERT_FRONTAL_TRAIN
+
+
+def test_compare_runs_pairs_cells_and_says_where_they_disagree():
+    def deltas(values):
+        return pd.DataFrame([{"experiment": "linear", "backbone": "resnet18", "label_fraction": f,
+                              "comparison": "moco - random", "delta": d, "ci_low": lo,
+                              "ci_high": hi} for f, (d, lo, hi) in values.items()])
+    a = deltas({0.01: (0.05, 0.02, 0.08), 0.1: (0.01, -0.02, 0.04), 1.0: (0.03, 0.01, 0.05)})
+    b = deltas({0.01: (0.06, 0.03, 0.09), 0.1: (0.05, 0.03, 0.07)})  # no 100% cell
+    t = tables.compare_runs(a, b, ("bf16", "fp32"))
+    assert list(t["labels"]) == ["1%", "10%"]
+    one, ten = t.iloc[0], t.iloc[1]
+    assert one["each inside the other's CI"] and one["same verdict"]
+    assert one["verdict bf16"] == tables.REPRODUCED and one["gap"] == pytest.approx(0.01)
+    assert not ten["each inside the other's CI"] and not ten["same verdict"]
+    assert (ten["verdict bf16"], ten["verdict fp32"]) == (tables.INCONCLUSIVE, tables.REPRODUCED)
+    assert ten["fp32"] == "+0.050 [+0.030, +0.070]"
