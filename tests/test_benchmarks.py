@@ -154,40 +154,67 @@ def test_bench_optimizer_smoke(capsys):
 
 
 def test_precision_check_runs_fp32_chapters_and_records_the_comparison(tmp_path, monkeypatch):
-    """The fp32 run gets amp off for pretraining and both fine-tunings, only chapters 01-05,
-    and the record compares it cell by cell with the bf16 run, naming its command."""
+    """Each fp32 seed gets amp off for pretraining and both fine-tunings, only chapters 01-05, in
+    its own folder; one seed is compared with a bf16 run folder, several are pooled over the same
+    seeds of a per-seed table first; the record names its command."""
     import pandas as pd
+    from mocoxr import seeds
     from mocoxr.book import runner
     bench = _load("precision_check")
-    bf16, fp32 = tmp_path / "bf16", tmp_path / "fp32"
+    bf16 = tmp_path / "bf16"
     (bf16 / "stamps").mkdir(parents=True)
     for nb in runner.BATCH_NOTEBOOKS:
         (bf16 / "stamps" / f"{nb}.json").write_text("{}")
 
-    def deltas(d):
-        return pd.DataFrame([{"experiment": "linear", "backbone": "resnet18",
-                              "label_fraction": 0.01, "comparison": "moco - random",
-                              "delta": d, "ci_low": d - 0.03, "ci_high": d + 0.03}])
+    def deltas(d, seed=None):
+        row = {"experiment": "linear", "backbone": "resnet18", "label_fraction": 0.01,
+               "comparison": "moco - random", "delta": d, "ci_low": d - 0.03, "ci_high": d + 0.03}
+        return pd.DataFrame([row if seed is None else {**row, "seed": seed}])
     deltas(0.05).to_csv(bf16 / "deltas.csv", index=False)
-    seen = {}
+    seen = []
 
     def fake_run_profile(profile, run_dir, overrides, select):
-        seen.update(overrides=overrides, run_dir=run_dir,
-                    chapters=[nb for nb in ("01_data", "04_finetune", "06_results")
-                              if select(type("R", (), {"notebook": nb}))])
-        run_dir.mkdir(parents=True)
-        deltas(0.04).to_csv(run_dir / "deltas.csv", index=False)
+        seen.append(dict(overrides=overrides, run_dir=run_dir,
+                         chapters=[nb for nb in ("01_data", "04_finetune", "06_results")
+                                   if select(type("R", (), {"notebook": nb}))]))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        deltas(0.04 + 0.01 * overrides["seed"]).to_csv(run_dir / "deltas.csv", index=False)
         return [runner.Outcome("04_finetune", "ran")]
     monkeypatch.setattr(runner, "run_profile", fake_run_profile)
-    rec = tmp_path / "check.csv"
-    bench.main(["--bf16-run", str(bf16), "--fp32-run", str(fp32), "--record", str(rec)])
-    assert seen["chapters"] == ["01_data", "04_finetune"] and seen["run_dir"] == fp32
+    rec, root = tmp_path / "check.csv", tmp_path / "fp32"
+    bench.main(["--bf16", str(bf16), "--fp32-root", str(root), "--record", str(rec)])
+    assert seen[0]["chapters"] == ["01_data", "04_finetune"]
+    assert seen[0]["run_dir"] == root / "seed-0" and seen[0]["overrides"]["seed"] == 0
     for name in ("pretrain", "finetune", "transfer_finetune"):
-        assert seen["overrides"][name] == {"amp": "off"}
+        assert seen[0]["overrides"][name] == {"amp": "off"}
     table = pd.read_csv(rec)
     assert list(table.columns) == bench.RECORDED and len(table) == 1
     assert table["same verdict"].iloc[0] and table["gap"].iloc[0] == pytest.approx(-0.01)
-    assert table["command"].iloc[0].startswith("python benchmarks/precision_check.py --bf16-run")
+    assert table["command"].iloc[0].startswith("python benchmarks/precision_check.py --bf16")
     assert "--record" not in table["command"].iloc[0]
+
+    per_seed = pd.concat([deltas(0.05, 0), deltas(0.07, 1), deltas(0.5, 9)])
+    per_seed.to_csv(tmp_path / "per_seed.csv", index=False)
+    pooled = bench.main(["--bf16", str(tmp_path / "per_seed.csv"), "--fp32-root", str(root),
+                         "--seeds", "0", "1"])
+    assert [s["run_dir"].name for s in seen[1:]] == ["seed-0", "seed-1"]
+    fp32 = seeds.pool_deltas(pd.concat([deltas(0.04, 0), deltas(0.05, 1)]), False).iloc[0]
+    assert pooled["gap"].iloc[0] == pytest.approx(0.045 - 0.06)  # seed 9 left out
+    assert pooled["fp32"].iloc[0] == tables_fmt(fp32)
+    # paired by seed: gaps -0.01 and -0.02, mean -0.015, t(1) interval
+    half = 12.706 * (0.01 / 2 ** 0.5) / 2 ** 0.5
+    lo, hi = (float(v) for v in pooled["gap 95% CI over seeds"].iloc[0]
+              .split("[")[1].rstrip("]").split(","))
+    assert pooled["gap 95% CI over seeds"].iloc[0].startswith("-0.015")
+    assert (lo, hi) == (pytest.approx(-0.015 - half, abs=1e-3), pytest.approx(-0.015 + half, abs=1e-3))
+    with pytest.raises(SystemExit, match="no rows of seed"):
+        bench.main(["--bf16", str(tmp_path / "per_seed.csv"), "--seeds", "5"])
+    with pytest.raises(SystemExit, match="one run folder"):
+        bench.main(["--bf16", str(bf16), "--seeds", "0", "1"])
     with pytest.raises(SystemExit, match="no finished"):
-        bench.main(["--bf16-run", str(tmp_path / "none"), "--fp32-run", str(fp32)])
+        bench.main(["--bf16", str(tmp_path), "--fp32-root", str(root)])
+
+
+def tables_fmt(row) -> str:
+    from mocoxr import tables
+    return tables.fmt_ci(row["delta"], row["ci_low"], row["ci_high"], signed=True)

@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -213,3 +214,23 @@ def test_a_page_showing_a_recorded_table_reruns_when_the_table_changes(monkeypat
     second = runner._recorded_digest("rec.csv")
     (tmp_path / "rec.csv").write_text("a\n2\n")
     assert len({first, second, runner._recorded_digest("rec.csv")}) == 3
+
+
+def test_recorded_precision_check_supports_the_methods_text():
+    """book/recorded/precision_check.csv (fp32 against bf16 over four seeds) holds what the
+    methods page says of it: every cell, the command, no paired gap away from zero, the linear
+    probe close, differing verdicts with close point estimates, the largest gap where named."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    table = pd.read_csv(root / "book" / "recorded" / "precision_check.csv")
+    assert len(table) == 14 and set(table["seeds"]) == {"0 1 2 3"}
+    assert table["command"].str.startswith("python benchmarks/precision_check.py --seeds 0 1 2 3").all()
+    nums = table["gap 95% CI over seeds"].map(
+        lambda v: [float(x) for x in re.findall(r"[+-]\d\.\d+", v)])
+    assert all(lo <= 0 <= hi for _, lo, hi in nums)
+    assert table.loc[table["experiment"] == "linear", "gap"].abs().max() <= 0.02
+    assert table.loc[~table["same verdict"], "gap"].abs().max() <= 0.01
+    top = table.loc[table["gap"].abs().idxmax()]
+    assert (top["experiment"], top["labels"]) == ("shenzhen_finetune", "100%")
+    assert "recorded/precision_check.csv" in (root / "book" / "methods.md").read_text()
