@@ -189,7 +189,8 @@ def test_precision_check_runs_fp32_chapters_and_records_the_comparison(tmp_path,
         assert seen[0]["overrides"][name] == {"amp": "off"}
     table = pd.read_csv(rec)
     assert list(table.columns) == bench.RECORDED and len(table) == 1
-    assert table["same verdict"].iloc[0] and table["gap"].iloc[0] == pytest.approx(-0.01)
+    assert table["verdict bf16"].iloc[0] == table["verdict fp32"].iloc[0]
+    assert float(table["gap 95% CI over seeds"].iloc[0]) == pytest.approx(-0.01)  # one seed: no interval
     assert table["command"].iloc[0].startswith("python benchmarks/precision_check.py --bf16")
     assert "--record" not in table["command"].iloc[0]
 
