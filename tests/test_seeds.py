@@ -235,3 +235,13 @@ def test_recorded_precision_check_supports_the_methods_text():
     top = table.loc[gap.abs().idxmax()]
     assert (top["experiment"], top["labels"]) == ("shenzhen_finetune", "100%")
     assert "recorded/precision_check.csv" in (root / "book" / "methods.md").read_text()
+
+
+def test_the_methods_page_states_the_recorded_batch_time():
+    """The batch time the methods page gives is the one source.json recorded."""
+    root = Path(__file__).resolve().parents[1]
+    source = json.loads((root / "book" / "recorded" / "seeds-quick" / "source.json").read_text())
+    minutes, seconds = divmod(round(source["seconds"]), 60)
+    assert len(source["seeds"]) == 5
+    assert f"five-seed batch took {minutes} min {seconds} s" in " ".join(
+        (root / "book" / "methods.md").read_text().split())
